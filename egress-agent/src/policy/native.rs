@@ -1,0 +1,206 @@
+//! The native schema, `kind: EgressPolicy`:
+//!
+//! ```yaml
+//! apiVersion: egress/v1
+//! kind: EgressPolicy
+//! mode: enforce            # enforce (default) | audit
+//! defaultAction: deny      # deny (default) | allow
+//! dnsResolvers: [upstream] # who workloads may query on port 53; `upstream` = the agent's servers
+//! rules:
+//!   - name: google-apis    # optional, shown as the source of literal addresses
+//!     action: allow        # allow (default) | deny; deny wins over allow
+//!     hosts: [www.googleapis.com]
+//!     cidrs: [203.0.113.0/24, 2001:db8::/48, 198.51.100.7]
+//!     ports: [443, "8000-8010"]   # omitted: every port
+//!     protocol: TCP        # TCP (default) | UDP | ANY
+//! ```
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{
+    Action, Builder, DnsResolver, Hostname, Mode, PolicyError, Rule,
+    values::{Net, PortSpec},
+};
+use crate::ports::{PortSet, Protocol};
+
+pub const KIND: &str = "EgressPolicy";
+pub const API_VERSION: &str = "egress/v1";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EgressPolicy {
+    api_version: String,
+    #[expect(dead_code, reason = "checked by the document dispatcher")]
+    kind: String,
+    #[serde(default)]
+    #[expect(dead_code, reason = "accepted for Kubernetes-style files, not used")]
+    metadata: Option<Metadata>,
+    mode: Option<NativeMode>,
+    default_action: Option<NativeAction>,
+    dns_resolvers: Option<Vec<ResolverSpec>>,
+    rules: Vec<Spanned<NativeRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    #[expect(dead_code, reason = "accepted, not used")]
+    name: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum NativeMode {
+    Enforce,
+    Audit,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum NativeAction {
+    Allow,
+    Deny,
+}
+
+impl From<NativeAction> for Action {
+    fn from(a: NativeAction) -> Self {
+        match a {
+            NativeAction::Allow => Self::Allow,
+            NativeAction::Deny => Self::Deny,
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+enum NativeProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "ANY")]
+    Any,
+}
+
+/// `upstream` or an IP address.
+struct ResolverSpec(DnsResolver);
+
+impl<'de> Deserialize<'de> for ResolverSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        if raw == "upstream" {
+            return Ok(Self(DnsResolver::Upstream));
+        }
+        raw.parse::<IpAddr>()
+            .map(|a| Self(DnsResolver::Addr(super::values::unmap_addr(a))))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{raw}` is neither `upstream` nor an IP address"
+                ))
+            })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeRule {
+    name: Option<String>,
+    action: Option<NativeAction>,
+    #[serde(default)]
+    hosts: Vec<Hostname>,
+    #[serde(default)]
+    cidrs: Vec<Net>,
+    ports: Option<Vec<PortSpec>>,
+    #[serde(default)]
+    protocol: NativeProtocol,
+}
+
+pub fn apply(
+    doc: EgressPolicy,
+    file: &str,
+    at: (u64, u64),
+    builder: &mut Builder,
+) -> Result<(), PolicyError> {
+    let EgressPolicy {
+        api_version,
+        kind: _,
+        metadata: _,
+        mode,
+        default_action,
+        dns_resolvers,
+        rules,
+    } = doc;
+    if api_version != API_VERSION {
+        return Err(PolicyError::invalid(
+            file,
+            at,
+            "apiVersion",
+            format!("unsupported apiVersion `{api_version}` for EgressPolicy; expected `{API_VERSION}`"),
+        ));
+    }
+    if mode.is_some() || default_action.is_some() {
+        let mode = match mode.unwrap_or(NativeMode::Enforce) {
+            NativeMode::Enforce => Mode::Enforce,
+            NativeMode::Audit => Mode::Audit,
+        };
+        let action = default_action.map_or(Action::Deny, Action::from);
+        builder.set_mode((mode, action), "EgressPolicy", file, at)?;
+    }
+    if let Some(resolvers) = dns_resolvers {
+        builder.dns_resolvers = Some(resolvers.into_iter().map(|r| r.0).collect());
+    }
+    for (i, rule) in rules.into_iter().enumerate() {
+        let at = (at.0 + rule.referenced.line() - 1, rule.referenced.column());
+        let NativeRule {
+            name,
+            action,
+            hosts,
+            cidrs,
+            ports,
+            protocol,
+        } = rule.value;
+        if hosts.is_empty() && cidrs.is_empty() {
+            return Err(PolicyError::invalid(
+                file,
+                at,
+                format!("rules[{i}]"),
+                "the rule names no destination; give `hosts`, `cidrs` or both",
+            ));
+        }
+        let protocols: &[Protocol] = match protocol {
+            NativeProtocol::Tcp => &[Protocol::Tcp],
+            NativeProtocol::Udp => &[Protocol::Udp],
+            NativeProtocol::Any => &Protocol::BOTH,
+        };
+        let mut set = PortSet::default();
+        for &p in protocols {
+            match &ports {
+                None => set.insert(p, 0, u16::MAX),
+                Some(specs) => {
+                    for s in specs {
+                        set.insert(p, s.first, s.last);
+                    }
+                }
+            }
+        }
+        if set.is_empty() {
+            return Err(PolicyError::invalid(
+                file,
+                at,
+                format!("rules[{i}].ports"),
+                "`ports: []` allows nothing; omit `ports` to mean every port",
+            ));
+        }
+        builder.rules.push(Rule {
+            label: format!("rule {}", name.unwrap_or_else(|| format!("#{}", i + 1))),
+            action: action.map_or(Action::Allow, Action::from),
+            hosts,
+            nets: cidrs.into_iter().map(|n| n.0).collect(),
+            ports: set,
+        });
+    }
+    Ok(())
+}

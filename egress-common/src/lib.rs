@@ -1,0 +1,297 @@
+//! The contract between the kernel programs (`egress-ebpf`) and user space (`egress-agent`).
+//!
+//! Everything that crosses the boundary lives here: program and map names, map keys and
+//! values, and the small newtypes their fields use. Rules for these types:
+//! - `#[repr(C)]`, `Copy`, explicit `reserved` fields instead of implicit padding, no `bool`,
+//!   no Rust enums and no `Option` (the kernel sees raw bytes);
+//! - addresses are byte arrays in network order, exactly as the kernel stores them;
+//! - every key and value has a compile-time size assertion, so a layout change is a
+//!   deliberate act that also bumps [`LAYOUT_VERSION`].
+#![no_std]
+
+use core::mem::size_of;
+
+/// Bumped whenever a key or value layout below changes. The agent pins maps under a
+/// directory named after it, so a new layout gets new maps instead of misreading old ones.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Program names (the Rust function names of the kernel entry points).
+pub mod programs {
+    pub const CONNECT4: &str = "egress_connect4";
+    pub const CONNECT6: &str = "egress_connect6";
+    pub const SENDMSG4: &str = "egress_sendmsg4";
+    pub const SENDMSG6: &str = "egress_sendmsg6";
+    /// Every program, in attach order.
+    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+}
+
+/// Map names (the symbol names of the map statics in `egress-ebpf`).
+pub mod maps {
+    /// Exact IPv4 destinations: [`crate::V4Key`] → [`crate::AllowEntry`].
+    pub const ALLOW_V4: &str = "EGRESS_ALLOW_V4";
+    /// Exact IPv6 destinations: [`crate::V6Key`] → [`crate::AllowEntry`].
+    pub const ALLOW_V6: &str = "EGRESS_ALLOW_V6";
+    /// IPv4 prefixes (LPM trie): `Key<[u8; 4]>` → [`crate::AllowEntry`].
+    pub const CIDR_V4: &str = "EGRESS_CIDR_V4";
+    /// IPv6 prefixes (LPM trie): `Key<[u8; 16]>` → [`crate::AllowEntry`].
+    pub const CIDR_V6: &str = "EGRESS_CIDR_V6";
+    /// One [`crate::Config`] at index 0.
+    pub const CONFIG: &str = "EGRESS_CONFIG";
+    /// Per-CPU verdict counters, indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "EGRESS_COUNTERS";
+    /// Where entries come from (hostnames, rules): [`crate::SourceId`] → [`crate::SourceRecord`].
+    /// Only user space reads it; it lives in bpffs so it is pinned with the entries it explains.
+    pub const SOURCES: &str = "EGRESS_SOURCES";
+    /// Every map, for pinning and for the ELF symbol test.
+    pub const ALL: [&str; 7] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, CONFIG, COUNTERS, SOURCES];
+    /// Maps whose capacity follows the agent's `--max-entries`.
+    pub const SIZED: [&str; 5] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, SOURCES];
+}
+
+/// Default capacity of each sized map.
+pub const DEFAULT_MAX_ENTRIES: u32 = 65_536;
+
+/// An IP protocol number as the kernel reports it in `bpf_sock_addr.protocol`.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Proto(pub u8);
+
+impl Proto {
+    pub const TCP: Self = Self(6);
+    pub const UDP: Self = Self(17);
+}
+
+/// Allowed destination ports `first..=last` for one protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+    pub proto: Proto,
+    pub reserved: u8,
+}
+
+/// How many port ranges one address or prefix can carry. The kernel scans them linearly,
+/// so the bound also bounds the per-connect cost.
+pub const MAX_RANGES: usize = 16;
+/// How many sources one entry remembers (the true count is kept in `source_count`).
+pub const MAX_SOURCES: usize = 8;
+
+/// The value of every allow map: what a destination may be reached on, and why.
+///
+/// The kernel reads only `range_count` and `ranges`: a destination that has an entry is
+/// allowed exactly on those (protocol, port range) pairs and denied on everything else.
+/// `expires_at` and `sources` are bookkeeping for the agent and the CLI, kept next to the
+/// verdict data so that one map update changes both at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowEntry {
+    /// Unix seconds after which the agent removes the entry; 0 for entries that never expire.
+    pub expires_at: u64,
+    pub sources: [SourceId; MAX_SOURCES],
+    pub source_count: u32,
+    pub range_count: u32,
+    pub ranges: [PortRange; MAX_RANGES],
+}
+
+impl AllowEntry {
+    pub const EMPTY: Self = Self {
+        expires_at: 0,
+        sources: [SourceId(0); MAX_SOURCES],
+        source_count: 0,
+        range_count: 0,
+        ranges: [PortRange {
+            first: 0,
+            last: 0,
+            proto: Proto(0),
+            reserved: 0,
+        }; MAX_RANGES],
+    };
+
+    /// The verdict for one destination: [`Counter::ALLOW_ENTRY`] when a range allows the
+    /// protocol and port, else why not ([`Counter::DENY_PORT`] or [`Counter::DENY_PROTOCOL`]).
+    #[inline(always)]
+    pub fn verdict(&self, proto: Proto, port: u16) -> Counter {
+        let mut same_proto = false;
+        let mut i = 0;
+        while i < MAX_RANGES {
+            if i as u32 >= self.range_count {
+                break;
+            }
+            let r = &self.ranges[i];
+            if r.proto.0 == proto.0 {
+                if port >= r.first && port <= r.last {
+                    return Counter::ALLOW_ENTRY;
+                }
+                same_proto = true;
+            }
+            i += 1;
+        }
+        if same_proto {
+            Counter::DENY_PORT
+        } else {
+            Counter::DENY_PROTOCOL
+        }
+    }
+}
+
+/// Key of [`maps::ALLOW_V4`]: an IPv4 address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct V4Key {
+    pub addr: [u8; 4],
+}
+
+/// Key of [`maps::ALLOW_V6`]: an IPv6 address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct V6Key {
+    pub addr: [u8; 16],
+}
+
+/// Enforce or only observe.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl Mode {
+    /// Zero, so that an unset configuration enforces.
+    pub const ENFORCE: Self = Self(0);
+    /// Nothing is refused; would-be denials are counted.
+    pub const AUDIT: Self = Self(1);
+}
+
+/// What happens to a destination that no entry mentions.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultAction(pub u32);
+
+impl DefaultAction {
+    /// Zero, so that an unset configuration denies.
+    pub const DENY: Self = Self(0);
+    pub const ALLOW: Self = Self(1);
+}
+
+/// The value of [`maps::CONFIG`] (index 0). All zeroes means enforce and deny.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    pub default_action: DefaultAction,
+}
+
+/// Index into [`maps::COUNTERS`].
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter(pub u32);
+
+impl Counter {
+    /// Allowed because an entry allows the protocol and port.
+    pub const ALLOW_ENTRY: Self = Self(0);
+    /// Allowed because the destination is the local host (loopback or unspecified).
+    pub const ALLOW_LOOPBACK: Self = Self(1);
+    /// Allowed because nothing matched and the default action is allow.
+    pub const ALLOW_DEFAULT: Self = Self(2);
+    /// Denied: no entry for the destination.
+    pub const DENY_NO_ENTRY: Self = Self(3);
+    /// Denied: the destination has an entry for this protocol, but not for this port.
+    pub const DENY_PORT: Self = Self(4);
+    /// Denied: the destination has an entry, but none for this protocol.
+    pub const DENY_PROTOCOL: Self = Self(5);
+    /// Denied: the program could not read its configuration (fail closed).
+    pub const DENY_INTERNAL: Self = Self(6);
+    /// Audit mode: would have been denied, allowed instead.
+    pub const AUDIT_WOULD_DENY: Self = Self(7);
+    pub const COUNT: u32 = 8;
+
+    /// Whether the counter records an allowed connection.
+    pub const fn is_allow(self) -> bool {
+        self.0 <= Self::ALLOW_DEFAULT.0
+    }
+    pub const NAMES: [&'static str; Self::COUNT as usize] = [
+        "allow_entry",
+        "allow_loopback",
+        "allow_default",
+        "deny_no_entry",
+        "deny_port",
+        "deny_protocol",
+        "deny_internal",
+        "audit_would_deny",
+    ];
+}
+
+/// Identifies a source (a hostname or a rule): a 64-bit FNV-1a hash of its kind and label.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u64);
+
+/// What kind of thing a [`SourceRecord`] describes.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKind(pub u8);
+
+impl SourceKind {
+    /// A hostname the agent resolves; the label is the normalised name.
+    pub const HOST: Self = Self(1);
+    /// Addresses and prefixes written in a rule; the label names the rule.
+    pub const RULE: Self = Self(2);
+    /// A DNS resolver the workloads may query; the label is "dns-resolver".
+    pub const DNS_RESOLVER: Self = Self(3);
+}
+
+/// Outcome of the latest resolution of a hostname.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResolveStatus(pub u8);
+
+impl ResolveStatus {
+    pub const PENDING: Self = Self(0);
+    pub const OK: Self = Self(1);
+    /// The name does not exist.
+    pub const NXDOMAIN: Self = Self(2);
+    /// The name exists but has no A or AAAA records.
+    pub const NODATA: Self = Self(3);
+    /// The upstream failed (timeout, SERVFAIL…); the last known addresses are kept.
+    pub const FAILING: Self = Self(4);
+    /// Nothing to resolve (addresses written in the policy).
+    pub const STATIC: Self = Self(5);
+}
+
+/// Longest label a [`SourceRecord`] stores (a DNS name is at most 253 characters).
+pub const MAX_LABEL: usize = 256;
+
+/// The value of [`maps::SOURCES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub kind: SourceKind,
+    pub status: ResolveStatus,
+    pub label_len: u16,
+    /// Addresses or prefixes this source contributes right now.
+    pub addr_count: u32,
+    /// Unix seconds of the last successful resolution (0: never).
+    pub resolved_at: u64,
+    /// Unix seconds of the next planned resolution (0: none).
+    pub refresh_at: u64,
+    pub label: [u8; MAX_LABEL],
+}
+
+const _: () = assert!(size_of::<PortRange>() == 6);
+const _: () = assert!(size_of::<AllowEntry>() == 176);
+const _: () = assert!(size_of::<V4Key>() == 4);
+const _: () = assert!(size_of::<V6Key>() == 16);
+const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<SourceId>() == 8);
+const _: () = assert!(size_of::<SourceRecord>() == 280);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `#[repr(C)]`/`#[repr(transparent)]`, `Copy`, made only of integers
+    // and arrays of integers, and has no implicit padding (see the size assertions above).
+    unsafe impl aya::Pod for super::AllowEntry {}
+    unsafe impl aya::Pod for super::V4Key {}
+    unsafe impl aya::Pod for super::V6Key {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SourceId {}
+    unsafe impl aya::Pod for super::SourceRecord {}
+}
