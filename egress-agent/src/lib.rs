@@ -3,3 +3,5 @@
 
 pub mod policy;
 pub mod ports;
+pub mod resolve;
+pub mod enforce;

@@ -151,7 +151,7 @@ pub struct V6Key {
 
 /// Enforce or only observe.
 #[repr(transparent)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mode(pub u32);
 
 impl Mode {
@@ -163,7 +163,7 @@ impl Mode {
 
 /// What happens to a destination that no entry mentions.
 #[repr(transparent)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DefaultAction(pub u32);
 
 impl DefaultAction {
@@ -172,9 +172,9 @@ impl DefaultAction {
     pub const ALLOW: Self = Self(1);
 }
 
-/// The value of [`maps::CONFIG`] (index 0). All zeroes means enforce and deny.
+/// The value of [`maps::CONFIG`] (index 0). All zeroes (the default) means enforce and deny.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub mode: Mode,
     pub default_action: DefaultAction,

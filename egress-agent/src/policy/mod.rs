@@ -9,7 +9,7 @@ mod error;
 mod hostname;
 mod istio;
 mod native;
-mod values;
+pub mod values;
 mod yaml;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
@@ -271,4 +271,4 @@ impl Builder {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

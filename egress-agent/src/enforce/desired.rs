@@ -1,0 +1,225 @@
+//! What the maps should hold, computed from the policy, the host cache and the clock.
+//!
+//! Semantics, per destination address or prefix:
+//! - the ports of every allow rule that covers it (by hostname, address or prefix) are
+//!   unioned, those of every deny rule are subtracted: deny wins;
+//! - with `defaultAction: allow`, the start set is every port instead of the allow union;
+//! - an exact address also inherits the rules of every prefix that contains it, and a prefix
+//!   those of every shorter prefix that contains it, because the kernel consults the
+//!   exact-address map first and the longest matching prefix next, and stops at the first
+//!   hit.
+//!
+//! A destination with an entry is allowed on exactly the entry's ranges; one without an entry
+//! gets the default action.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use egress_common::{
+    AllowEntry, Config, DefaultAction, MAX_SOURCES, ResolveStatus, SourceId, SourceKind,
+    SourceRecord,
+};
+
+use super::{
+    EntryKey,
+    source::{DNS_RESOLVER_LABEL, record, source_id},
+};
+use crate::{
+    policy::{Action, DnsResolver, Mode, Policy},
+    ports::{PortSet, Protocol, TooManyRanges},
+    resolve::HostCache,
+};
+
+/// The full intended content of the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub entries: BTreeMap<EntryKey, AllowEntry>,
+    pub sources: BTreeMap<SourceId, SourceRecord>,
+    pub config: Config,
+    /// Destinations left out because they need more port ranges than an entry holds; they
+    /// fall back to the default action.
+    pub omitted: Vec<(EntryKey, TooManyRanges, Vec<String>)>,
+}
+
+/// What rules contribute to one destination.
+#[derive(Default, Clone)]
+struct Contribution {
+    allow: PortSet,
+    deny: PortSet,
+    sources: BTreeSet<SourceId>,
+    labels: BTreeSet<String>,
+    /// 0 when some source never expires (a literal address), else the latest expiry.
+    expires_at: Option<u64>,
+}
+
+impl Contribution {
+    fn add(&mut self, action: Action, ports: &PortSet, source: SourceId, label: &str, expires_at: u64) {
+        match action {
+            Action::Allow => self.allow.union(ports),
+            Action::Deny => self.deny.union(ports),
+        }
+        self.sources.insert(source);
+        self.labels.insert(label.to_owned());
+        self.expires_at = Some(match self.expires_at {
+            None => expires_at,
+            Some(0) => 0,
+            Some(_) if expires_at == 0 => 0,
+            Some(e) => e.max(expires_at),
+        });
+    }
+
+    fn inherit(&mut self, covering: &Contribution) {
+        self.allow.union(&covering.allow);
+        self.deny.union(&covering.deny);
+    }
+}
+
+/// Computes the maps' intended content at `now`. `upstream` are the agent's own DNS servers,
+/// which `dnsResolvers: [upstream]` lets workloads query.
+pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64) -> Desired {
+    let mut exact: BTreeMap<EntryKey, Contribution> = BTreeMap::new();
+    let mut prefixes: BTreeMap<EntryKey, Contribution> = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+
+    for rule in &policy.rules {
+        if !rule.nets.is_empty() {
+            let id = source_id(SourceKind::RULE, &rule.label);
+            for net in &rule.nets {
+                let key = EntryKey::from_net(*net);
+                let target = if key.is_prefix() { &mut prefixes } else { &mut exact };
+                target.entry(key).or_default().add(rule.action, &rule.ports, id, &rule.label, 0);
+            }
+            let rec = record(
+                SourceKind::RULE,
+                &rule.label,
+                ResolveStatus::STATIC,
+                rule.nets.len() as u32,
+                0,
+                0,
+            );
+            sources.insert(id, rec);
+        }
+    }
+
+    for (host, rules) in policy.hosts() {
+        let id = source_id(SourceKind::HOST, host.as_str());
+        let live = hosts.live(host, now);
+        for &(addr, until) in &live {
+            let c = exact.entry(EntryKey::from_addr(addr)).or_default();
+            for rule in &rules {
+                c.add(rule.action, &rule.ports, id, host.as_str(), until);
+            }
+        }
+        let state = hosts.get(host);
+        sources.insert(
+            id,
+            record(
+                SourceKind::HOST,
+                host.as_str(),
+                state.map_or(ResolveStatus::PENDING, |s| s.status),
+                live.len() as u32,
+                state.map_or(0, |s| s.resolved_at),
+                state.map_or(0, |s| s.refresh_at),
+            ),
+        );
+    }
+
+    let resolvers: BTreeSet<IpAddr> = policy
+        .dns_resolvers
+        .iter()
+        .flat_map(|r| match r {
+            DnsResolver::Upstream => upstream.to_vec(),
+            DnsResolver::Addr(a) => vec![*a],
+        })
+        .map(crate::policy::values::unmap_addr)
+        .collect();
+    if !resolvers.is_empty() {
+        let id = source_id(SourceKind::DNS_RESOLVER, DNS_RESOLVER_LABEL);
+        let mut dns = PortSet::default();
+        for p in Protocol::BOTH {
+            dns.insert(p, 53, 53);
+        }
+        for addr in &resolvers {
+            exact.entry(EntryKey::from_addr(*addr)).or_default().add(
+                Action::Allow,
+                &dns,
+                id,
+                DNS_RESOLVER_LABEL,
+                0,
+            );
+        }
+        let rec = record(
+            SourceKind::DNS_RESOLVER,
+            DNS_RESOLVER_LABEL,
+            ResolveStatus::STATIC,
+            resolvers.len() as u32,
+            0,
+            0,
+        );
+        sources.insert(id, rec);
+    }
+
+    // Inheritance from covering prefixes, computed on the rules' own contributions only.
+    // Looking up each shorter prefix length present keeps this O(entries × lengths).
+    let own_prefixes: HashMap<IpNet, Contribution> =
+        prefixes.iter().map(|(k, c)| (k.as_net(), c.clone())).collect();
+    let lengths: BTreeSet<(bool, u8)> = own_prefixes
+        .keys()
+        .map(|n| (matches!(n, IpNet::V6(_)), n.prefix_len()))
+        .collect();
+    for (key, c) in exact.iter_mut().chain(prefixes.iter_mut()) {
+        let net = key.as_net();
+        let v6 = matches!(net, IpNet::V6(_));
+        for &(_, len) in lengths.iter().filter(|(f, l)| *f == v6 && *l < net.prefix_len()) {
+            let cover = IpNet::new(net.addr(), len).expect("shorter than the key's").trunc();
+            if let Some(cover) = own_prefixes.get(&cover) {
+                c.inherit(cover);
+            }
+        }
+    }
+
+    let mut desired = Desired {
+        config: Config {
+            mode: match policy.mode {
+                Mode::Enforce => egress_common::Mode::ENFORCE,
+                Mode::Audit => egress_common::Mode::AUDIT,
+            },
+            default_action: match policy.default_action {
+                Action::Allow => DefaultAction::ALLOW,
+                Action::Deny => DefaultAction::DENY,
+            },
+        },
+        sources,
+        ..Desired::default()
+    };
+    for (key, c) in exact.into_iter().chain(prefixes) {
+        let mut ports = match policy.default_action {
+            Action::Allow => PortSet::all(),
+            Action::Deny => c.allow.clone(),
+        };
+        ports.subtract(&c.deny);
+        match ports.to_kernel() {
+            Ok((ranges, range_count)) => {
+                let mut entry = AllowEntry {
+                    expires_at: c.expires_at.unwrap_or(0),
+                    range_count,
+                    ranges,
+                    source_count: c.sources.len() as u32,
+                    ..AllowEntry::EMPTY
+                };
+                for (slot, id) in entry.sources.iter_mut().zip(c.sources.iter().take(MAX_SOURCES)) {
+                    *slot = *id;
+                }
+                desired.entries.insert(key, entry);
+            }
+            Err(e) => desired.omitted.push((key, e, c.labels.into_iter().collect())),
+        }
+    }
+    desired
+}
+
+#[cfg(test)]
+mod tests;
