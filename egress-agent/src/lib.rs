@@ -1,7 +1,10 @@
 //! The egress enforcer's user space: policy parsing, name resolution, the kernel maps, and
 //! the agent loop that keeps them in line.
 
+pub mod agent;
+pub mod bpf;
+pub mod enforce;
+mod hash;
 pub mod policy;
 pub mod ports;
 pub mod resolve;
-pub mod enforce;

@@ -43,7 +43,9 @@ pub mod maps {
     /// Only user space reads it; it lives in bpffs so it is pinned with the entries it explains.
     pub const SOURCES: &str = "EGRESS_SOURCES";
     /// Every map, for pinning and for the ELF symbol test.
-    pub const ALL: [&str; 7] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, CONFIG, COUNTERS, SOURCES];
+    pub const ALL: [&str; 7] = [
+        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, CONFIG, COUNTERS, SOURCES,
+    ];
     /// Maps whose capacity follows the agent's `--max-entries`.
     pub const SIZED: [&str; 5] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, SOURCES];
 }

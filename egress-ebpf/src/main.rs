@@ -159,7 +159,10 @@ fn judge_v4(addr: [u8; 4], port: u16, proto: Proto, cfg: &Config) -> Counter {
 #[inline(always)]
 fn judge_v6(w: [u32; 4], port: u16, proto: Proto, cfg: &Config) -> Counter {
     // ::1 and :: (which Linux connects to the local host) stay reachable.
-    if w[0] == 0 && w[1] == 0 && w[2] == 0 && (w[3] == 0 || w[3] == u32::from_ne_bytes([0, 0, 0, 1]))
+    if w[0] == 0
+        && w[1] == 0
+        && w[2] == 0
+        && (w[3] == 0 || w[3] == u32::from_ne_bytes([0, 0, 0, 1]))
     {
         return Counter::ALLOW_LOOPBACK;
     }

@@ -17,11 +17,11 @@ use std::{
     net::IpAddr,
 };
 
-use ipnet::IpNet;
 use egress_common::{
     AllowEntry, Config, DefaultAction, MAX_SOURCES, ResolveStatus, SourceId, SourceKind,
     SourceRecord,
 };
+use ipnet::IpNet;
 
 use super::{
     EntryKey,
@@ -56,7 +56,14 @@ struct Contribution {
 }
 
 impl Contribution {
-    fn add(&mut self, action: Action, ports: &PortSet, source: SourceId, label: &str, expires_at: u64) {
+    fn add(
+        &mut self,
+        action: Action,
+        ports: &PortSet,
+        source: SourceId,
+        label: &str,
+        expires_at: u64,
+    ) {
         match action {
             Action::Allow => self.allow.union(ports),
             Action::Deny => self.deny.union(ports),
@@ -89,8 +96,15 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
             let id = source_id(SourceKind::RULE, &rule.label);
             for net in &rule.nets {
                 let key = EntryKey::from_net(*net);
-                let target = if key.is_prefix() { &mut prefixes } else { &mut exact };
-                target.entry(key).or_default().add(rule.action, &rule.ports, id, &rule.label, 0);
+                let target = if key.is_prefix() {
+                    &mut prefixes
+                } else {
+                    &mut exact
+                };
+                target
+                    .entry(key)
+                    .or_default()
+                    .add(rule.action, &rule.ports, id, &rule.label, 0);
             }
             let rec = record(
                 SourceKind::RULE,
@@ -164,8 +178,10 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
 
     // Inheritance from covering prefixes, computed on the rules' own contributions only.
     // Looking up each shorter prefix length present keeps this O(entries × lengths).
-    let own_prefixes: HashMap<IpNet, Contribution> =
-        prefixes.iter().map(|(k, c)| (k.as_net(), c.clone())).collect();
+    let own_prefixes: HashMap<IpNet, Contribution> = prefixes
+        .iter()
+        .map(|(k, c)| (k.as_net(), c.clone()))
+        .collect();
     let lengths: BTreeSet<(bool, u8)> = own_prefixes
         .keys()
         .map(|n| (matches!(n, IpNet::V6(_)), n.prefix_len()))
@@ -173,8 +189,13 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
     for (key, c) in exact.iter_mut().chain(prefixes.iter_mut()) {
         let net = key.as_net();
         let v6 = matches!(net, IpNet::V6(_));
-        for &(_, len) in lengths.iter().filter(|(f, l)| *f == v6 && *l < net.prefix_len()) {
-            let cover = IpNet::new(net.addr(), len).expect("shorter than the key's").trunc();
+        for &(_, len) in lengths
+            .iter()
+            .filter(|(f, l)| *f == v6 && *l < net.prefix_len())
+        {
+            let cover = IpNet::new(net.addr(), len)
+                .expect("shorter than the key's")
+                .trunc();
             if let Some(cover) = own_prefixes.get(&cover) {
                 c.inherit(cover);
             }
@@ -210,12 +231,18 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
                     source_count: c.sources.len() as u32,
                     ..AllowEntry::EMPTY
                 };
-                for (slot, id) in entry.sources.iter_mut().zip(c.sources.iter().take(MAX_SOURCES)) {
+                for (slot, id) in entry
+                    .sources
+                    .iter_mut()
+                    .zip(c.sources.iter().take(MAX_SOURCES))
+                {
                     *slot = *id;
                 }
                 desired.entries.insert(key, entry);
             }
-            Err(e) => desired.omitted.push((key, e, c.labels.into_iter().collect())),
+            Err(e) => desired
+                .omitted
+                .push((key, e, c.labels.into_iter().collect())),
         }
     }
     desired

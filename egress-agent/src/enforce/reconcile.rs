@@ -38,7 +38,10 @@ pub struct Capacity {
 
 /// What must fit, per map.
 #[derive(Debug, thiserror::Error)]
-#[error("the policy needs {} but the maps hold at most {capacity} entries each (--max-entries); nothing was changed", describe(needs))]
+#[error(
+    "the policy needs {} but the maps hold at most {capacity} entries each (--max-entries); nothing was changed",
+    describe(needs)
+)]
 pub struct CapacityError {
     pub needs: Vec<(&'static str, usize)>,
     pub capacity: u32,

@@ -5,12 +5,9 @@ use egress_common::{MAX_LABEL, ResolveStatus, SourceId, SourceKind, SourceRecord
 
 /// 64-bit FNV-1a of the kind and label.
 pub fn source_id(kind: SourceKind, label: &str) -> SourceId {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in std::iter::once(kind.0).chain(label.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    SourceId(hash)
+    SourceId(crate::hash::fnv1a(
+        std::iter::once(kind.0).chain(label.bytes()),
+    ))
 }
 
 /// Label of the implicit source that lets workloads reach their DNS resolvers.
@@ -55,14 +52,30 @@ mod tests {
     #[test]
     fn ids_are_stable_and_kind_dependent() {
         // A pinned map outlives the agent binary: the hash must never change.
-        assert_eq!(source_id(SourceKind::HOST, "www.googleapis.com"), source_id(SourceKind::HOST, "www.googleapis.com"));
-        assert_eq!(source_id(SourceKind::HOST, ""), SourceId(0xaf63_bc4c_8601_b62c));
-        assert_ne!(source_id(SourceKind::HOST, "x"), source_id(SourceKind::RULE, "x"));
+        assert_eq!(
+            source_id(SourceKind::HOST, "www.googleapis.com"),
+            source_id(SourceKind::HOST, "www.googleapis.com")
+        );
+        assert_eq!(
+            source_id(SourceKind::HOST, ""),
+            SourceId(0xaf63_bc4c_8601_b62c)
+        );
+        assert_ne!(
+            source_id(SourceKind::HOST, "x"),
+            source_id(SourceKind::RULE, "x")
+        );
     }
 
     #[test]
     fn labels_round_trip_and_are_cut_on_char_boundaries() {
-        let r = record(SourceKind::RULE, "rule café", ResolveStatus::STATIC, 1, 0, 0);
+        let r = record(
+            SourceKind::RULE,
+            "rule café",
+            ResolveStatus::STATIC,
+            1,
+            0,
+            0,
+        );
         assert_eq!(label(&r), "rule café");
         let long = "é".repeat(200);
         let r = record(SourceKind::RULE, &long, ResolveStatus::STATIC, 1, 0, 0);

@@ -54,7 +54,9 @@ impl Hostname {
                 .chars()
                 .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
             {
-                return Err(format!("`{trimmed}` contains `{c}`, which a hostname cannot"));
+                return Err(format!(
+                    "`{trimmed}` contains `{c}`, which a hostname cannot"
+                ));
             }
         }
         Ok(Self(ascii))

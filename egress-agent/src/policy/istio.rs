@@ -74,19 +74,28 @@ struct Spec {
     addresses: Vec<Net>,
     ports: Vec<Spanned<Port>>,
     #[serde(default)]
-    #[expect(dead_code, reason = "MESH_INTERNAL and MESH_EXTERNAL are enforced alike")]
+    #[expect(
+        dead_code,
+        reason = "MESH_INTERNAL and MESH_EXTERNAL are enforced alike"
+    )]
     location: Option<Location>,
     #[serde(default)]
     resolution: Resolution,
     #[serde(default)]
     endpoints: Vec<Spanned<Endpoint>>,
     #[serde(default)]
-    #[expect(dead_code, reason = "selects server workloads, not clients; no effect on egress")]
+    #[expect(
+        dead_code,
+        reason = "selects server workloads, not clients; no effect on egress"
+    )]
     workload_selector: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     export_to: Vec<String>,
     #[serde(default)]
-    #[expect(dead_code, reason = "TLS identity checks are out of an L4 enforcer's reach")]
+    #[expect(
+        dead_code,
+        reason = "TLS identity checks are out of an L4 enforcer's reach"
+    )]
     subject_alt_names: Vec<String>,
 }
 
@@ -188,10 +197,20 @@ pub fn apply_service_entry(
         super::PolicyError::invalid(file, (at.0 + spanned_line - 1, col), field, msg)
     };
     if hosts.is_empty() {
-        return Err(err(1, 1, "spec.hosts".into(), "a ServiceEntry needs at least one host".into()));
+        return Err(err(
+            1,
+            1,
+            "spec.hosts".into(),
+            "a ServiceEntry needs at least one host".into(),
+        ));
     }
     if ports.is_empty() {
-        return Err(err(1, 1, "spec.ports".into(), "a ServiceEntry needs at least one port".into()));
+        return Err(err(
+            1,
+            1,
+            "spec.ports".into(),
+            "a ServiceEntry needs at least one port".into(),
+        ));
     }
 
     // Port number and transport of each port, and what endpoints reach them on.
@@ -258,7 +277,10 @@ pub fn apply_service_entry(
             ));
         }
         for name in ep.ports.keys() {
-            if !by_name.iter().any(|(n, _, _)| n.as_deref() == Some(name.as_str())) {
+            if !by_name
+                .iter()
+                .any(|(n, _, _)| n.as_deref() == Some(name.as_str()))
+            {
                 return Err(err(
                     line,
                     col,
@@ -270,9 +292,8 @@ pub fn apply_service_entry(
         let mut ports = PortSet::default();
         for (name, proto, target) in &by_name {
             let port = match name.as_ref().and_then(|n| ep.ports.get(n)) {
-                Some(&p) => PortSpec::parse_number(p).map_err(|m| {
-                    err(line, col, format!("spec.endpoints[{i}].ports"), m)
-                })?,
+                Some(&p) => PortSpec::parse_number(p)
+                    .map_err(|m| err(line, col, format!("spec.endpoints[{i}].ports"), m))?,
                 None => *target,
             };
             ports.insert(*proto, port, port);
@@ -288,9 +309,10 @@ pub fn apply_service_entry(
                 ));
             }
             Err(_) => (
-                vec![Hostname::parse(address).map_err(|m| {
-                    err(line, col, format!("spec.endpoints[{i}].address"), m)
-                })?],
+                vec![
+                    Hostname::parse(address)
+                        .map_err(|m| err(line, col, format!("spec.endpoints[{i}].address"), m))?,
+                ],
                 Vec::new(),
             ),
         };

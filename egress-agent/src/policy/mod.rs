@@ -110,7 +110,12 @@ impl fmt::Display for Action {
     }
 }
 
-/// Reads and validates a policy file.
+/// Identifies a policy file's content (see the status file).
+pub fn digest(text: &str) -> String {
+    format!("{:016x}", crate::hash::fnv1a(text.bytes()))
+}
+
+/// Reads and validates a policy file; returns the policy and the file's text.
 pub fn load(path: &Path) -> Result<(Policy, String), PolicyError> {
     let read_err = |source| PolicyError::Read {
         path: path.to_owned(),
@@ -134,7 +139,10 @@ pub fn load(path: &Path) -> Result<(Policy, String), PolicyError> {
             &path.display().to_string(),
             (1, 1),
             "(file)",
-            format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })?;
     let policy = parse(&text, &path.display().to_string())?;
@@ -157,7 +165,10 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
     for doc in &docs {
         let header: Header = yaml::decode(doc, file)?;
         let at = (doc.first_line, 1);
-        match (header.kind.as_deref(), header.outbound_traffic_policy.is_some()) {
+        match (
+            header.kind.as_deref(),
+            header.outbound_traffic_policy.is_some(),
+        ) {
             (Some(native::KIND), _) => {
                 if builder.native_seen {
                     return Err(PolicyError::invalid(
@@ -250,8 +261,11 @@ impl Builder {
         // Without a mode setting the file is an allow-list, enforced. (Istio's own default is
         // ALLOW_ANY; an egress enforcer that fails open by default would be no enforcer.)
         let (mode, default_action, _) = self.mode.unwrap_or((Mode::Enforce, Action::Deny, ""));
-        let policy_hosts: BTreeMap<&Hostname, usize> =
-            self.rules.iter().flat_map(|r| &r.hosts).fold(BTreeMap::new(), |mut m, h| {
+        let policy_hosts: BTreeMap<&Hostname, usize> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.hosts)
+            .fold(BTreeMap::new(), |mut m, h| {
                 *m.entry(h).or_default() += 1;
                 m
             });
@@ -263,7 +277,9 @@ impl Builder {
         Policy {
             mode,
             default_action,
-            dns_resolvers: self.dns_resolvers.unwrap_or_else(|| vec![DnsResolver::Upstream]),
+            dns_resolvers: self
+                .dns_resolvers
+                .unwrap_or_else(|| vec![DnsResolver::Upstream]),
             rules: self.rules,
             notes: self.notes,
         }

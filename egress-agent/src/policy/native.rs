@@ -97,9 +97,7 @@ impl<'de> Deserialize<'de> for ResolverSpec {
         raw.parse::<IpAddr>()
             .map(|a| Self(DnsResolver::Addr(super::values::unmap_addr(a))))
             .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{raw}` is neither `upstream` nor an IP address"
-                ))
+                serde::de::Error::custom(format!("`{raw}` is neither `upstream` nor an IP address"))
             })
     }
 }
@@ -138,7 +136,9 @@ pub fn apply(
             file,
             at,
             "apiVersion",
-            format!("unsupported apiVersion `{api_version}` for EgressPolicy; expected `{API_VERSION}`"),
+            format!(
+                "unsupported apiVersion `{api_version}` for EgressPolicy; expected `{API_VERSION}`"
+            ),
         ));
     }
     if mode.is_some() || default_action.is_some() {

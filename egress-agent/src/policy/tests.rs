@@ -38,7 +38,10 @@ fn istio_reference_service_entry_allows_443_tcp_to_its_host() {
     assert_eq!(p.rules.len(), 1);
     let r = &p.rules[0];
     assert_eq!(r.label, "ServiceEntry context-scraper-egress");
-    assert_eq!(r.hosts, vec![Hostname::parse("www.googleapis.com").unwrap()]);
+    assert_eq!(
+        r.hosts,
+        vec![Hostname::parse("www.googleapis.com").unwrap()]
+    );
     assert!(r.nets.is_empty());
     assert_eq!(r.ports.to_string(), "443/TCP");
 }
@@ -59,7 +62,9 @@ fn mesh_config_sets_the_mode_and_several_documents_combine() {
 
 #[test]
 fn istio_operator_mode_is_read() {
-    let p = ok("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: default\n  meshConfig:\n    outboundTrafficPolicy:\n      mode: ALLOW_ANY\n");
+    let p = ok(
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: default\n  meshConfig:\n    outboundTrafficPolicy:\n      mode: ALLOW_ANY\n",
+    );
     assert_eq!(p.mode, Mode::Audit);
 }
 
@@ -132,12 +137,19 @@ rules:
     assert_eq!(p.mode, Mode::Audit);
     assert_eq!(
         p.dns_resolvers,
-        vec![DnsResolver::Upstream, DnsResolver::Addr("10.96.0.10".parse().unwrap())]
+        vec![
+            DnsResolver::Upstream,
+            DnsResolver::Addr("10.96.0.10".parse().unwrap())
+        ]
     );
     assert_eq!(p.rules[0].label, "rule apis");
     assert_eq!(p.rules[0].hosts.len(), 2);
     assert_eq!(p.rules[0].hosts[0], p.rules[0].hosts[1]);
-    assert!(p.notes.iter().any(|n| n.contains("api.allowed.test is named by 2 rules")));
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("api.allowed.test is named by 2 rules"))
+    );
     assert_eq!(p.rules[0].ports.to_string(), "80,8000-8010/TCP");
     assert_eq!(p.rules[1].label, "rule #2");
     assert_eq!(p.rules[1].ports.to_string(), "any/TCP, any/UDP");
@@ -159,21 +171,44 @@ fn empty_rules_is_valid_and_denies_everything() {
 fn broken_policies_are_refused_with_positions() {
     let mesh = |mode: &str| format!("outboundTrafficPolicy:\n  mode: {mode}\n");
     let e = err(&mesh("REGISTRY-ONLY"));
-    assert!(e.starts_with("policy.yaml:2:9: outboundTrafficPolicy.mode: unknown variant `REGISTRY-ONLY`"), "{e}");
+    assert!(
+        e.starts_with(
+            "policy.yaml:2:9: outboundTrafficPolicy.mode: unknown variant `REGISTRY-ONLY`"
+        ),
+        "{e}"
+    );
     assert!(err(&mesh("registry_only")).contains("unknown variant `registry_only`"));
 
     let native = "apiVersion: egress/v1\nkind: EgressPolicy\n";
     let e = err(&format!("{native}rules:\n  - hots: [api.allowed.test]\n"));
-    assert!(e.starts_with("policy.yaml:4:5: rules[0].hots: unknown field `hots`"), "{e}");
+    assert!(
+        e.starts_with("policy.yaml:4:5: rules[0].hots: unknown field `hots`"),
+        "{e}"
+    );
     let e = err(&format!("{native}hots: []\nrules: []\n"));
     assert!(e.contains("unknown field `hots`"), "{e}");
 
-    let e = err(&format!("{native}rules:\n  - hosts: [a.test]\n    ports: [\"443/tcp\"]\n"));
-    assert!(e.starts_with("policy.yaml:5:13: rules[0].ports[0]: `443/tcp` is not a port"), "{e}");
-    let e = err(&format!("{native}rules:\n  - hosts: [a.test]\n    ports: [70000]\n"));
-    assert!(e.contains("rules[0].ports[0]: port 70000 is out of range"), "{e}");
-    let e = err(&format!("{native}rules:\n  - hosts: [a.test]\n    protocol: TPC\n"));
-    assert!(e.contains("rules[0].protocol: unknown variant `TPC`"), "{e}");
+    let e = err(&format!(
+        "{native}rules:\n  - hosts: [a.test]\n    ports: [\"443/tcp\"]\n"
+    ));
+    assert!(
+        e.starts_with("policy.yaml:5:13: rules[0].ports[0]: `443/tcp` is not a port"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{native}rules:\n  - hosts: [a.test]\n    ports: [70000]\n"
+    ));
+    assert!(
+        e.contains("rules[0].ports[0]: port 70000 is out of range"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{native}rules:\n  - hosts: [a.test]\n    protocol: TPC\n"
+    ));
+    assert!(
+        e.contains("rules[0].protocol: unknown variant `TPC`"),
+        "{e}"
+    );
 
     let e = err(&format!("{native}rules:\n\t- hosts: [a.test]\n"));
     assert!(e.starts_with("policy.yaml:4:"), "{e}");
@@ -188,7 +223,11 @@ fn broken_policies_are_refused_with_positions() {
     assert!(e.starts_with("policy.yaml:4:1:"), "{e}");
 
     // A mode set by two documents is as ambiguous as a key given twice.
-    let e = err(&format!("{}---\n{}", mesh("REGISTRY_ONLY"), mesh("ALLOW_ANY")));
+    let e = err(&format!(
+        "{}---\n{}",
+        mesh("REGISTRY_ONLY"),
+        mesh("ALLOW_ANY")
+    ));
     assert!(e.contains("the mode is already set"), "{e}");
     assert!(err("outboundTrafficPolicy: {}\n").contains("missing field `mode`"));
 }
@@ -225,14 +264,20 @@ fn bad_hostnames_are_refused_with_their_line() {
 #[test]
 fn service_entry_errors_name_the_field() {
     let e = err(&ISTIO_REFERENCE.replace("protocol: HTTPS", "protocol: QUIC"));
-    assert!(e.contains("spec.ports[0].protocol: unknown port protocol `QUIC`"), "{e}");
+    assert!(
+        e.contains("spec.ports[0].protocol: unknown port protocol `QUIC`"),
+        "{e}"
+    );
     assert!(e.starts_with("policy.yaml:9:"), "{e}");
     let e = err(&ISTIO_REFERENCE.replace("resolution: DNS", "resolution: dns"));
     assert!(e.contains("spec.resolution: unknown variant `dns`"), "{e}");
     let e = err(&ISTIO_REFERENCE.replace("location: MESH_EXTERNAL", "locaton: MESH_EXTERNAL"));
     assert!(e.contains("unknown field `locaton`"), "{e}");
     let e = err(&ISTIO_REFERENCE.replace("number: 443", "number: 0"));
-    assert!(e.contains("spec.ports[0].number: port 0 is out of range"), "{e}");
+    assert!(
+        e.contains("spec.ports[0].number: port 0 is out of range"),
+        "{e}"
+    );
     let e = err("apiVersion: v1\nkind: Pod\n");
     assert!(e.contains("unsupported kind `Pod`"), "{e}");
 }

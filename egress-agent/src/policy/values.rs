@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// An address or prefix. A bare address is a /32 or /128; IPv4-mapped IPv6 (`::ffff:a.b.c.d`,
@@ -61,7 +61,6 @@ pub fn unmap_addr(addr: IpAddr) -> IpAddr {
 pub fn is_host(net: &IpNet) -> bool {
     net.prefix_len() == net.max_prefix_len()
 }
-
 
 impl<'de> Deserialize<'de> for Net {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -137,6 +136,8 @@ impl<'de> Deserialize<'de> for PortSpec {
 
 #[cfg(test)]
 mod tests {
+    use ipnet::Ipv6Net;
+
     use super::*;
 
     fn v6(net: &str) -> Ipv6Net {
@@ -145,10 +146,22 @@ mod tests {
 
     #[test]
     fn nets_normalise_and_reject_host_bits() {
-        assert_eq!(Net::parse("198.51.100.7").unwrap().0.to_string(), "198.51.100.7/32");
-        assert_eq!(Net::parse("::ffff:198.51.100.7").unwrap().0.to_string(), "198.51.100.7/32");
-        assert_eq!(Net::parse("::ffff:10.0.0.0/104").unwrap().0.to_string(), "10.0.0.0/8");
-        assert_eq!(Net::parse("2001:db8::/32").unwrap().0, IpNet::V6(v6("2001:db8::/32")));
+        assert_eq!(
+            Net::parse("198.51.100.7").unwrap().0.to_string(),
+            "198.51.100.7/32"
+        );
+        assert_eq!(
+            Net::parse("::ffff:198.51.100.7").unwrap().0.to_string(),
+            "198.51.100.7/32"
+        );
+        assert_eq!(
+            Net::parse("::ffff:10.0.0.0/104").unwrap().0.to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            Net::parse("2001:db8::/32").unwrap().0,
+            IpNet::V6(v6("2001:db8::/32"))
+        );
         assert!(Net::parse("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
         assert!(Net::parse("10.0.0.0/33").is_err());
         assert!(Net::parse("example.com").is_err());
@@ -156,10 +169,25 @@ mod tests {
 
     #[test]
     fn port_specs() {
-        assert_eq!(PortSpec::parse_str("8000-8010"), Ok(PortSpec { first: 8000, last: 8010 }));
-        assert_eq!(PortSpec::parse_str("443"), Ok(PortSpec { first: 443, last: 443 }));
+        assert_eq!(
+            PortSpec::parse_str("8000-8010"),
+            Ok(PortSpec {
+                first: 8000,
+                last: 8010
+            })
+        );
+        assert_eq!(
+            PortSpec::parse_str("443"),
+            Ok(PortSpec {
+                first: 443,
+                last: 443
+            })
+        );
         for bad in ["8010-8000", "0-80", "1-65536", "80-", "443/tcp", "", "-1"] {
-            assert!(PortSpec::parse_str(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                PortSpec::parse_str(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert!(PortSpec::parse_number(0).is_err());
         assert!(PortSpec::parse_number(70000).is_err());

@@ -29,9 +29,9 @@ pub fn split_documents(text: &str) -> Vec<Document<'_>> {
     let mut offset = 0usize;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let bare = line.trim_end_matches(['\n', '\r']);
-        let is_marker = bare.strip_prefix("---").is_some_and(|rest| {
-            rest.is_empty() || rest.starts_with(' ') || rest.starts_with('\t')
-        });
+        let is_marker = bare
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(' ') || rest.starts_with('\t'));
         if is_marker && offset > start {
             docs.push(Document {
                 text: &text[start..offset],
@@ -101,7 +101,10 @@ pub fn decode<T: DeserializeOwned>(doc: &Document<'_>, file: &str) -> Result<T, 
 /// `Spanned<T>` wrappers show up as a `value` segment in field paths; no schema field is
 /// called `value`, so drop the segment.
 fn without_spans(path: &str) -> String {
-    path.split('.').filter(|s| *s != "value").collect::<Vec<_>>().join(".")
+    path.split('.')
+        .filter(|s| *s != "value")
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// serde-saphyr appends ` at line L, column C` to its messages; the position is reported

@@ -119,7 +119,11 @@ impl HostCache {
 
     /// Makes the cache hold exactly `names`: new names are due now, dropped names are
     /// forgotten, the rest keep their state. Returns the new names.
-    pub fn sync<'a>(&mut self, names: impl IntoIterator<Item = &'a Hostname>, now: u64) -> Vec<Hostname> {
+    pub fn sync<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a Hostname>,
+        now: u64,
+    ) -> Vec<Hostname> {
         let wanted: BTreeMap<&Hostname, ()> = names.into_iter().map(|n| (n, ())).collect();
         self.hosts.retain(|h, _| wanted.contains_key(h));
         let mut added = Vec::new();
@@ -135,7 +139,14 @@ impl HostCache {
     /// Seeds a name with an address found in the pinned maps at start-up. The address is
     /// kept at least `grace` from now: the clock moved on while no agent ran, which is no
     /// reason to drop every learned address before the first refresh.
-    pub fn adopt(&mut self, host: &Hostname, addr: IpAddr, expires_at: u64, resolved_at: u64, now: u64) {
+    pub fn adopt(
+        &mut self,
+        host: &Hostname,
+        addr: IpAddr,
+        expires_at: u64,
+        resolved_at: u64,
+        now: u64,
+    ) {
         let Some(state) = self.hosts.get_mut(host) else {
             return;
         };
@@ -145,6 +156,13 @@ impl HostCache {
         state.resolved_at = state.resolved_at.max(resolved_at);
         if state.status == ResolveStatus::PENDING {
             state.status = ResolveStatus::OK;
+        }
+    }
+
+    /// Makes every name due now (SIGHUP).
+    pub fn refresh_all(&mut self, now: u64) {
+        for state in self.hosts.values_mut() {
+            state.refresh_at = state.refresh_at.min(now);
         }
     }
 
@@ -242,7 +260,11 @@ impl HostCache {
         let stale_for = secs(self.settings.stale_for);
         for state in self.hosts.values_mut() {
             let failing = state.status == ResolveStatus::FAILING && state.resolved_at > 0;
-            let floor = if failing { state.resolved_at + stale_for } else { 0 };
+            let floor = if failing {
+                state.resolved_at + stale_for
+            } else {
+                0
+            };
             let before = state.addrs.len();
             state.addrs.retain(|_, exp| (*exp).max(floor) > now);
             changed |= state.addrs.len() != before;
@@ -293,7 +315,10 @@ mod tests {
     fn answers_accumulate_with_per_address_expiry() {
         let (mut c, h) = cache();
         assert_eq!(c.take_due(100), vec![h.clone()]);
-        assert!(c.take_due(100).is_empty(), "in flight names are not due twice");
+        assert!(
+            c.take_due(100).is_empty(),
+            "in flight names are not due twice"
+        );
         c.apply(&h, Outcome::Addresses(vec![(ip("198.51.100.1"), 30)]), 100);
         assert_eq!(c.get(&h).unwrap().refresh_at, 130);
         c.apply(&h, Outcome::Addresses(vec![(ip("198.51.100.2"), 1)]), 130);
@@ -301,7 +326,10 @@ mod tests {
         assert_eq!(c.get(&h).unwrap().refresh_at, 135);
         assert_eq!(
             c.live(&h, 131),
-            vec![(ip("198.51.100.1"), 100 + 30 + 60), (ip("198.51.100.2"), 130 + 5 + 60)]
+            vec![
+                (ip("198.51.100.1"), 100 + 30 + 60),
+                (ip("198.51.100.2"), 130 + 5 + 60)
+            ]
         );
         // The first address has outlived TTL + grace; the second has not.
         assert_eq!(c.live(&h, 191), vec![(ip("198.51.100.2"), 195)]);
@@ -329,12 +357,26 @@ mod tests {
     #[test]
     fn nxdomain_is_an_answer_with_no_address_and_a_negative_refresh() {
         let (mut c, h) = cache();
-        c.apply(&h, Outcome::NoAddress { nxdomain: true, negative_ttl: Some(10) }, 100);
+        c.apply(
+            &h,
+            Outcome::NoAddress {
+                nxdomain: true,
+                negative_ttl: Some(10),
+            },
+            100,
+        );
         let s = c.get(&h).unwrap();
         assert_eq!(s.status, ResolveStatus::NXDOMAIN);
         assert_eq!(s.refresh_at, 110);
         assert!(c.live(&h, 100).is_empty());
-        c.apply(&h, Outcome::NoAddress { nxdomain: false, negative_ttl: None }, 110);
+        c.apply(
+            &h,
+            Outcome::NoAddress {
+                nxdomain: false,
+                negative_ttl: None,
+            },
+            110,
+        );
         assert_eq!(c.get(&h).unwrap().status, ResolveStatus::NODATA);
         assert_eq!(c.get(&h).unwrap().refresh_at, 140);
     }

@@ -50,7 +50,9 @@ pub fn servers_from_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, Upstream
         .filter_map(|rest| {
             // Drop an IPv6 zone (`fe80::1%eth0`): link-local upstreams are not supported.
             let addr = rest.trim().split('%').next()?;
-            addr.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+            addr.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
         })
         .collect();
     if servers.is_empty() {
@@ -186,7 +188,10 @@ mod tests {
     #[test]
     fn combine_prefers_addresses_then_failures() {
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
-        let none = |nx, t| Outcome::NoAddress { nxdomain: nx, negative_ttl: t };
+        let none = |nx, t| Outcome::NoAddress {
+            nxdomain: nx,
+            negative_ttl: t,
+        };
         assert_eq!(
             combine(Outcome::Addresses(vec![(ip, 5)]), none(false, None)),
             Outcome::Addresses(vec![(ip, 5)])
@@ -208,13 +213,19 @@ mod tests {
     #[test]
     fn resolv_conf_nameservers() {
         let dir = std::env::temp_dir().join(format!("egress-resolv-{}", std::process::id()));
-        std::fs::write(&dir, "search x\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\n# c\n")
-            .unwrap();
+        std::fs::write(
+            &dir,
+            "search x\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\n# c\n",
+        )
+        .unwrap();
         let servers = servers_from_resolv_conf(&dir).unwrap();
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(
             servers,
-            vec!["10.0.0.2:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
+            vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
         );
     }
 }

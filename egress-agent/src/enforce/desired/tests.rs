@@ -19,7 +19,9 @@ fn policy(text: &str) -> Policy {
 }
 
 fn native(rules: &str) -> Policy {
-    policy(&format!("apiVersion: egress/v1\nkind: EgressPolicy\ndnsResolvers: []\nrules:\n{rules}"))
+    policy(&format!(
+        "apiVersion: egress/v1\nkind: EgressPolicy\ndnsResolvers: []\nrules:\n{rules}"
+    ))
 }
 
 fn cache_with(policy: &Policy, answers: &[(&str, &[(&str, u32)])]) -> HostCache {
@@ -30,7 +32,12 @@ fn cache_with(policy: &Policy, answers: &[(&str, &[(&str, u32)])]) -> HostCache 
     let names: Vec<Hostname> = policy.hosts().keys().map(|h| (*h).clone()).collect();
     cache.sync(&names, NOW);
     for (host, addrs) in answers {
-        let outcome = Outcome::Addresses(addrs.iter().map(|(a, t)| (a.parse().unwrap(), *t)).collect());
+        let outcome = Outcome::Addresses(
+            addrs
+                .iter()
+                .map(|(a, t)| (a.parse().unwrap(), *t))
+                .collect(),
+        );
         cache.apply(&Hostname::parse(host).unwrap(), outcome, NOW);
     }
     cache
@@ -51,7 +58,13 @@ fn allowed(d: &Desired, k: &str, proto: Proto, port: u16) -> bool {
 #[test]
 fn istio_reference_allows_the_resolved_address_on_443_tcp_and_the_resolver_on_53() {
     let p = policy(crate::policy::tests::ISTIO_REFERENCE);
-    let cache = cache_with(&p, &[("www.googleapis.com", &[("198.51.100.10", 300), ("2001:db8:100::10", 300)])]);
+    let cache = cache_with(
+        &p,
+        &[(
+            "www.googleapis.com",
+            &[("198.51.100.10", 300), ("2001:db8:100::10", 300)],
+        )],
+    );
     let upstream = ["10.200.0.53".parse().unwrap()];
     let d = compute(&p, &cache, &upstream, NOW);
     assert_eq!(d.entries.len(), 3);
@@ -68,35 +81,58 @@ fn istio_reference_allows_the_resolved_address_on_443_tcp_and_the_resolver_on_53
     let host_source = &d.sources[&entry.sources[0]];
     assert_eq!(label(host_source), "www.googleapis.com");
     assert_eq!(host_source.addr_count, 2);
-    assert_eq!(d.entries[&key("10.200.0.53")].expires_at, 0, "resolver access never expires");
-    assert_eq!(d.config, Config { mode: egress_common::Mode::ENFORCE, default_action: DefaultAction::DENY });
+    assert_eq!(
+        d.entries[&key("10.200.0.53")].expires_at,
+        0,
+        "resolver access never expires"
+    );
+    assert_eq!(
+        d.config,
+        Config {
+            mode: egress_common::Mode::ENFORCE,
+            default_action: DefaultAction::DENY
+        }
+    );
 }
 
 /// BR-07: a name without addresses contributes nothing, and is still visible as a source.
 #[test]
 fn a_name_without_addresses_adds_no_entry() {
-    let p = native("  - hosts: [missing.allowed.test]\n    ports: [80]\n  - hosts: [api.allowed.test]\n    ports: [443]\n");
+    let p = native(
+        "  - hosts: [missing.allowed.test]\n    ports: [80]\n  - hosts: [api.allowed.test]\n    ports: [443]\n",
+    );
     let mut cache = cache_with(&p, &[("api.allowed.test", &[("198.51.100.10", 300)])]);
     cache.apply(
         &Hostname::parse("missing.allowed.test").unwrap(),
-        Outcome::NoAddress { nxdomain: true, negative_ttl: Some(10) },
+        Outcome::NoAddress {
+            nxdomain: true,
+            negative_ttl: Some(10),
+        },
         NOW,
     );
     let d = compute(&p, &cache, &[], NOW);
-    assert_eq!(d.entries.keys().copied().collect::<Vec<_>>(), vec![key("198.51.100.10")]);
+    assert_eq!(
+        d.entries.keys().copied().collect::<Vec<_>>(),
+        vec![key("198.51.100.10")]
+    );
     let missing = d
         .sources
         .values()
         .find(|s| label(s) == "missing.allowed.test")
         .unwrap();
-    assert_eq!((missing.status, missing.addr_count), (ResolveStatus::NXDOMAIN, 0));
+    assert_eq!(
+        (missing.status, missing.addr_count),
+        (ResolveStatus::NXDOMAIN, 0)
+    );
     assert!(!allowed(&d, "198.51.100.10", Proto::TCP, 80));
 }
 
 /// BR-15: one host named twice gets the union of the ports, in one entry.
 #[test]
 fn duplicate_hosts_merge_their_ports() {
-    let p = native("  - hosts: [\"Api.Allowed.TEST.\"]\n    ports: [80]\n  - hosts: [api.allowed.test]\n    ports: [8080]\n");
+    let p = native(
+        "  - hosts: [\"Api.Allowed.TEST.\"]\n    ports: [80]\n  - hosts: [api.allowed.test]\n    ports: [8080]\n",
+    );
     let cache = cache_with(&p, &[("api.allowed.test", &[("198.51.100.10", 300)])]);
     let d = compute(&p, &cache, &[], NOW);
     assert_eq!(d.entries.len(), 1);
@@ -155,7 +191,10 @@ fn expired_addresses_leave_the_desired_state() {
 #[test]
 fn a_destination_with_too_many_port_ranges_is_omitted_and_reported() {
     let ports: Vec<String> = (1..=17).map(|p| (p * 10).to_string()).collect();
-    let p = native(&format!("  - cidrs: [192.0.2.1]\n    ports: [{}]\n", ports.join(", ")));
+    let p = native(&format!(
+        "  - cidrs: [192.0.2.1]\n    ports: [{}]\n",
+        ports.join(", ")
+    ));
     let d = compute(&p, &HostCache::default(), &[], NOW);
     assert!(d.entries.is_empty());
     assert_eq!(d.omitted.len(), 1);
@@ -190,9 +229,14 @@ fn reconcile_adds_before_it_removes_and_is_idempotent() {
 #[test]
 fn preflight_refuses_what_cannot_fit_without_writing() {
     let cidrs: Vec<String> = (1..=5).map(|i| format!("192.0.2.{i}")).collect();
-    let p = native(&format!("  - cidrs: [{}]\n    ports: [443]\n", cidrs.join(", ")));
+    let p = native(&format!(
+        "  - cidrs: [{}]\n    ports: [443]\n",
+        cidrs.join(", ")
+    ));
     let mut r = Reconciler::new(MemoryStore::new(4)).unwrap();
-    let e = r.apply(&compute(&p, &HostCache::default(), &[], NOW)).unwrap_err();
+    let e = r
+        .apply(&compute(&p, &HostCache::default(), &[], NOW))
+        .unwrap_err();
     assert_eq!(
         e.to_string(),
         "the policy needs 5 entries in EGRESS_ALLOW_V4 but the maps hold at most 4 entries each (--max-entries); nothing was changed"
@@ -205,10 +249,15 @@ fn a_full_map_makes_room_by_removing_stale_entries_first() {
     let a = native("  - cidrs: [192.0.2.1, 192.0.2.2]\n    ports: [443]\n");
     let b = native("  - cidrs: [192.0.2.3, 192.0.2.4]\n    ports: [443]\n");
     let mut r = Reconciler::new(MemoryStore::new(3)).unwrap();
-    r.apply(&compute(&a, &HostCache::default(), &[], NOW)).unwrap();
-    r.apply(&compute(&b, &HostCache::default(), &[], NOW)).unwrap();
+    r.apply(&compute(&a, &HostCache::default(), &[], NOW))
+        .unwrap();
+    r.apply(&compute(&b, &HostCache::default(), &[], NOW))
+        .unwrap();
     assert_eq!(
-        r.entries().keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+        r.entries()
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>(),
         vec!["192.0.2.3", "192.0.2.4"]
     );
 }
@@ -219,13 +268,20 @@ fn a_failed_write_leaves_the_mirror_true_and_removes_nothing() {
     let b = native("  - cidrs: [192.0.2.2, 192.0.2.3]\n    ports: [443]\n");
     let mut store = MemoryStore::new(16);
     let mut r = Reconciler::new(std::mem::take(&mut store)).unwrap();
-    r.apply(&compute(&a, &HostCache::default(), &[], NOW)).unwrap();
+    r.apply(&compute(&a, &HostCache::default(), &[], NOW))
+        .unwrap();
     let n = store_log(&r).len();
     let mut store = r.into_store();
     store.fail_from = Some(n + 2);
     store.max_entries = 16;
     let mut r = Reconciler::new(store).unwrap();
-    assert!(r.apply(&compute(&b, &HostCache::default(), &[], NOW)).is_err());
-    assert!(r.entries().contains_key(&key("192.0.2.1")), "nothing removed after a failure");
+    assert!(
+        r.apply(&compute(&b, &HostCache::default(), &[], NOW))
+            .is_err()
+    );
+    assert!(
+        r.entries().contains_key(&key("192.0.2.1")),
+        "nothing removed after a failure"
+    );
     assert_eq!(r.entries(), &r.store().entries);
 }

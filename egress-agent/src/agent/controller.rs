@@ -1,0 +1,353 @@
+//! The agent loop's state and its reactions: one task owns the policy, the host cache and
+//! the maps; resolutions run as separate tasks and report back over a channel.
+
+use std::{future::Future, net::IpAddr, sync::Arc, time::Duration};
+
+use egress_common::ResolveStatus;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Semaphore, mpsc},
+};
+
+use super::{AgentConfig, AgentError, now, startup::PinLock, status, watch::PolicyWatcher};
+use crate::{
+    bpf::PinnedMaps,
+    enforce::{EntryKey, Reconciler, compute},
+    policy::{self, Hostname, Policy},
+    resolve::{HostCache, Outcome, Upstream},
+};
+
+/// Resolutions in flight at once.
+const MAX_CONCURRENT_QUERIES: usize = 64;
+
+pub struct Controller {
+    config: AgentConfig,
+    policy: Policy,
+    digest: String,
+    cache: HostCache,
+    reconciler: Reconciler<PinnedMaps>,
+    upstream: Arc<Upstream>,
+    upstream_ips: Vec<IpAddr>,
+    results_tx: mpsc::UnboundedSender<(Hostname, Outcome)>,
+    results: mpsc::UnboundedReceiver<(Hostname, Outcome)>,
+    queries: Arc<Semaphore>,
+    status: status::Status,
+    /// Digest of the last file content tried, applied or not, so that an unchanged bad file
+    /// is not reported again on every directory event.
+    last_tried: String,
+    _lock: PinLock,
+}
+
+impl Controller {
+    #[expect(clippy::too_many_arguments, reason = "built once, by startup::start")]
+    pub(super) fn new(
+        config: AgentConfig,
+        policy: Policy,
+        digest: String,
+        cache: HostCache,
+        reconciler: Reconciler<PinnedMaps>,
+        upstream: Upstream,
+        upstream_ips: Vec<IpAddr>,
+        status: status::Status,
+        lock: PinLock,
+    ) -> Self {
+        let (results_tx, results) = mpsc::unbounded_channel();
+        let mut c = Self {
+            config,
+            policy,
+            last_tried: digest.clone(),
+            digest,
+            cache,
+            reconciler,
+            upstream: Arc::new(upstream),
+            upstream_ips,
+            results_tx,
+            results,
+            queries: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
+            status,
+            _lock: lock,
+        };
+        c.record_applied_policy();
+        c
+    }
+
+    pub fn max_entries(&self) -> u32 {
+        self.config.max_entries
+    }
+
+    pub(super) fn mark_ready(&mut self) {
+        self.status.ready = true;
+        self.write_status();
+        tracing::info!(
+            cgroup = %self.status.cgroup,
+            mode = %self.policy.mode,
+            rules = self.policy.rules.len(),
+            hosts = self.cache.iter().count(),
+            "enforcing"
+        );
+    }
+
+    /// The agent loop.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let mut watcher = PolicyWatcher::new(&self.config.policy);
+        let mut hangup = signal(SignalKind::hangup()).map_err(|source| AgentError::Io {
+            what: "install SIGHUP handler for",
+            path: self.config.policy.clone(),
+            source,
+        })?;
+        tokio::pin!(shutdown);
+        loop {
+            let wait = self
+                .cache
+                .next_deadline()
+                .map_or(Duration::from_secs(3600), |t| {
+                    Duration::from_secs(t.saturating_sub(now()))
+                });
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the policy and refreshing every name");
+                    self.reload(true).await;
+                }
+                () = watcher.changed() => self.reload(false).await,
+                Some((host, outcome)) = self.results.recv() => {
+                    self.on_resolved(host, outcome);
+                    while let Ok((host, outcome)) = self.results.try_recv() {
+                        self.on_resolved(host, outcome);
+                    }
+                    self.reconcile();
+                }
+                () = tokio::time::sleep(wait) => {
+                    self.spawn_due();
+                    if self.cache.prune(now()) {
+                        self.reconcile();
+                    }
+                }
+            }
+        }
+        self.status.running = false;
+        self.write_status();
+        tracing::info!("stopping; the programs stay attached and the maps pinned");
+        Ok(())
+    }
+
+    /// Starts a resolution for every name that is due.
+    fn spawn_due(&mut self) {
+        for host in self.cache.take_due(now()) {
+            let (upstream, tx, queries) = (
+                self.upstream.clone(),
+                self.results_tx.clone(),
+                self.queries.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = queries.acquire_owned().await;
+                let outcome = upstream.resolve(&host).await;
+                let _ = tx.send((host, outcome));
+            });
+        }
+    }
+
+    /// Resolves every due name and waits (up to `resolve_wait`) for the answers, so that a
+    /// start or a reload applies addresses rather than an empty set that fills in later.
+    pub(super) async fn resolve_due_and_wait(&mut self) {
+        let pending: std::collections::BTreeSet<Hostname> =
+            self.cache.take_due(now()).into_iter().collect();
+        if pending.is_empty() {
+            return;
+        }
+        for host in &pending {
+            let (upstream, tx, queries, host) = (
+                self.upstream.clone(),
+                self.results_tx.clone(),
+                self.queries.clone(),
+                host.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = queries.acquire_owned().await;
+                let outcome = upstream.resolve(&host).await;
+                let _ = tx.send((host, outcome));
+            });
+        }
+        let mut waiting = pending.len();
+        let deadline = tokio::time::Instant::now() + self.config.resolve_wait;
+        while waiting > 0 {
+            match tokio::time::timeout_at(deadline, self.results.recv()).await {
+                Ok(Some((host, outcome))) => {
+                    if pending.contains(&host) {
+                        waiting -= 1;
+                    }
+                    self.on_resolved(host, outcome);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        unanswered = waiting,
+                        "names still resolving; applying without them for now"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_resolved(&mut self, host: Hostname, outcome: Outcome) {
+        let before = self.cache.get(&host).map(|s| s.status);
+        let summary = match &outcome {
+            Outcome::Addresses(a) => format!("{} addresses", a.len()),
+            Outcome::NoAddress { nxdomain: true, .. } => "NXDOMAIN".into(),
+            Outcome::NoAddress { .. } => "no A/AAAA records".into(),
+            Outcome::Failed(e) => e.clone(),
+        };
+        self.cache.apply(&host, outcome, now());
+        let after = self.cache.get(&host).map(|s| s.status);
+        // Log changes of state, not every refresh: a name that stays missing warns once.
+        if before != after {
+            match after {
+                Some(ResolveStatus::OK) => tracing::info!(%host, %summary, "resolved"),
+                Some(ResolveStatus::FAILING) => {
+                    tracing::warn!(%host, error = %summary, "resolution failing; keeping the last known addresses")
+                }
+                _ => {
+                    tracing::warn!(%host, answer = %summary, "name has no address; it allows nothing")
+                }
+            }
+        } else {
+            tracing::debug!(%host, %summary, "refreshed");
+        }
+    }
+
+    /// Computes the desired maps and writes the difference. Errors are logged and kept in the
+    /// status; the maps keep what they had.
+    fn reconcile(&mut self) {
+        if let Err(e) = self.try_reconcile() {
+            tracing::error!(error = %e, "failed to update the maps; they keep their previous content");
+            self.status.problems = vec![e.to_string()];
+            self.write_status();
+        }
+    }
+
+    /// As [`Self::reconcile`], but the error is returned (start-up).
+    pub(super) fn reconcile_or_fail(&mut self) -> Result<(), AgentError> {
+        self.try_reconcile()
+    }
+
+    fn try_reconcile(&mut self) -> Result<(), AgentError> {
+        let desired = compute(&self.policy, &self.cache, &self.upstream_ips, now());
+        let mut problems = Vec::new();
+        for (key, err, sources) in &desired.omitted {
+            let msg = format!(
+                "{key} ({}) {err}; it is left to the default action",
+                sources.join(", ")
+            );
+            tracing::error!("{msg}");
+            problems.push(msg);
+        }
+        let applied = self.reconciler.apply(&desired)?;
+        if applied != Default::default() {
+            tracing::debug!(
+                added = applied.added,
+                changed = applied.changed,
+                removed = applied.removed,
+                "maps updated"
+            );
+        }
+        self.status.problems = problems;
+        self.count_entries();
+        self.write_status();
+        Ok(())
+    }
+
+    /// Re-reads the policy file; applies it when its content changed (or when `force`).
+    async fn reload(&mut self, force: bool) {
+        let text = std::fs::read_to_string(&self.config.policy).unwrap_or_default();
+        let digest = policy::digest(&text);
+        if !force && digest == self.last_tried {
+            return;
+        }
+        self.last_tried = digest.clone();
+        let at = now();
+        let new = match policy::load(&self.config.policy) {
+            Ok((p, text)) => (p, policy::digest(&text)),
+            Err(e) => {
+                tracing::error!(error = %e, "policy rejected; the last good policy stays in force");
+                self.status.reloads_failed += 1;
+                self.status.last_reload = Some(status::Reload {
+                    at,
+                    ok: false,
+                    digest,
+                    error: Some(e.to_string()),
+                });
+                self.write_status();
+                return;
+            }
+        };
+        let (new_policy, new_digest) = new;
+        if force {
+            self.cache.refresh_all(at);
+        }
+        // Refuse a policy whose literal entries cannot fit, before touching anything.
+        let probe = compute(&new_policy, &HostCache::default(), &self.upstream_ips, at);
+        if let Err(e) = self.reconciler.preflight(&probe) {
+            tracing::error!(error = %e, "policy rejected; the last good policy stays in force");
+            self.status.reloads_failed += 1;
+            self.status.last_reload = Some(status::Reload {
+                at,
+                ok: false,
+                digest,
+                error: Some(e.to_string()),
+            });
+            self.write_status();
+            return;
+        }
+        for note in &new_policy.notes {
+            tracing::info!(note = %note, "policy note");
+        }
+        self.cache.sync(new_policy.hosts().into_keys(), at);
+        self.policy = new_policy;
+        self.digest = new_digest;
+        self.resolve_due_and_wait().await;
+        self.reconcile();
+        self.status.reloads_ok += 1;
+        self.status.last_reload = Some(status::Reload {
+            at,
+            ok: true,
+            digest: self.digest.clone(),
+            error: None,
+        });
+        self.record_applied_policy();
+        self.write_status();
+        tracing::info!(mode = %self.policy.mode, rules = self.policy.rules.len(), "policy applied");
+    }
+
+    fn record_applied_policy(&mut self) {
+        self.status.policy = Some(status::AppliedPolicy {
+            path: self.config.policy.display().to_string(),
+            digest: self.digest.clone(),
+            applied_at: now(),
+            mode: self.policy.mode.to_string(),
+            default_action: self.policy.default_action.to_string(),
+            rules: self.policy.rules.len(),
+        });
+        self.status.hosts = self.cache.iter().count();
+    }
+
+    fn count_entries(&mut self) {
+        let mut counts = status::EntryCounts::default();
+        for key in self.reconciler.entries().keys() {
+            match key {
+                EntryKey::V4(_) => counts.v4 += 1,
+                EntryKey::V6(_) => counts.v6 += 1,
+                EntryKey::Net4(_) => counts.cidr_v4 += 1,
+                EntryKey::Net6(_) => counts.cidr_v6 += 1,
+            }
+        }
+        self.status.entries = counts;
+        self.status.hosts = self.cache.iter().count();
+    }
+
+    fn write_status(&self) {
+        if let Err(e) = status::write(&self.config.state_dir, &self.status) {
+            tracing::warn!(error = %e, "cannot write the status file");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Getting from nothing (or from a previous agent's pins) to attached programs enforcing the
+//! policy, without an instant in which the cgroup is unenforced or an allowed destination is
+//! refused.
+
+use std::{
+    fs::File,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd as _,
+    path::Path,
+};
+
+use egress_common::{AllowEntry, SourceKind, SourceRecord};
+
+use super::{AgentConfig, AgentError, Controller, now, status};
+use crate::{
+    bpf::{self, Cgroup, PinnedMaps, Pins, fs::ensure_bpffs_dir},
+    enforce::{EntryKey, MapStore as _, Reconciler, source},
+    policy::{self, Hostname, Policy},
+    resolve::{HostCache, Upstream, servers_from_resolv_conf},
+};
+
+/// Holds an exclusive flock on the pin directory for the agent's lifetime.
+pub struct PinLock(#[allow(dead_code, reason = "held for its Drop")] File);
+
+/// Takes the pin directory's lock, or fails if an agent holds it.
+pub fn lock(dir: &Path) -> Result<PinLock, AgentError> {
+    let file = File::open(dir).map_err(|source| AgentError::Io {
+        what: "open",
+        path: dir.to_owned(),
+        source,
+    })?;
+    // SAFETY: a valid open fd; flock has no memory effects.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(AgentError::Locked {
+            path: dir.to_owned(),
+        });
+    }
+    Ok(PinLock(file))
+}
+
+pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
+    status::ensure_state_dir(&config.state_dir).map_err(|source| AgentError::Io {
+        what: "create state directory",
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let cgroup = Cgroup::resolve(&config.cgroup)?;
+    ensure_bpffs_dir(&config.bpffs)?;
+    let pin_lock = lock(&config.bpffs)?;
+    let pins = Pins::new(&config.bpffs);
+
+    let dns_servers: Vec<SocketAddr> = if config.dns_servers.is_empty() {
+        servers_from_resolv_conf(Path::new("/etc/resolv.conf"))?
+    } else {
+        config.dns_servers.clone()
+    };
+    let mut status = status::Status {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: now(),
+        running: true,
+        cgroup: cgroup.path.display().to_string(),
+        cgroup_id: cgroup.id,
+        bpffs: config.bpffs.display().to_string(),
+        dns_servers: dns_servers.iter().map(ToString::to_string).collect(),
+        max_entries: config.max_entries,
+        ..status::Status::default()
+    };
+
+    let (policy, text) = match policy::load(&config.policy) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(error = %e, "policy rejected at start-up");
+            let what = fail_closed(&config, &pins, &cgroup)?;
+            status.problems = vec![e.to_string(), what];
+            status.last_reload = Some(status::Reload {
+                at: now(),
+                ok: false,
+                digest: String::new(),
+                error: Some(e.to_string()),
+            });
+            status.reloads_failed = 1;
+            let _ = status::write(&config.state_dir, &status);
+            return Err(e.into());
+        }
+    };
+    for note in &policy.notes {
+        tracing::info!(note = %note, "policy note");
+    }
+
+    let (mut loaded, maps) = bpf::load(&pins, config.max_entries)?;
+    let previous = previous_generation(&pins, &loaded.generation);
+    let upstream = Upstream::new(dns_servers.clone(), config.dns_timeout)?;
+    let mut cache = HostCache::new(config.resolver.clone());
+    let at = now();
+    cache.sync(policy.hosts().into_keys(), at);
+
+    let reconciler = Reconciler::new(maps)?;
+    // Adopt from this generation, or from the one this agent replaces.
+    let adopted = match &previous {
+        Some(old) if reconciler.entries().is_empty() => match PinnedMaps::open(old) {
+            Ok(old_maps) => adopt(
+                &mut cache,
+                &old_maps.read_entries()?,
+                &old_maps.read_sources()?,
+                at,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the previous generation of maps");
+                0
+            }
+        },
+        _ => adopt(&mut cache, reconciler.entries(), reconciler.sources(), at),
+    };
+    if adopted > 0 {
+        tracing::info!(addresses = adopted, "adopted addresses from pinned maps");
+    }
+
+    let upstream_ips: Vec<IpAddr> = dns_servers.iter().map(SocketAddr::ip).collect();
+    let mut controller = Controller::new(
+        config,
+        policy,
+        policy::digest(&text),
+        cache,
+        reconciler,
+        upstream,
+        upstream_ips,
+        status,
+        pin_lock,
+    );
+    controller.resolve_due_and_wait().await;
+    controller.reconcile_or_fail()?;
+
+    let report = loaded.attach(&pins, &cgroup)?;
+    for (program, how) in report {
+        tracing::info!(program, cgroup = %cgroup.path.display(), how = ?how, "attached");
+    }
+    drop(loaded);
+    for old in pins.generations() {
+        if old.dir != pins.generation(controller.max_entries()).dir {
+            match bpf::pins::remove_generation(&old) {
+                Ok(()) => {
+                    tracing::info!(dir = %old.dir.display(), "removed the previous generation of maps")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %old.dir.display(), error = %e, "cannot remove an old generation of maps")
+                }
+            }
+        }
+    }
+    controller.mark_ready();
+    Ok(controller)
+}
+
+/// Another readable generation of maps this agent is replacing (other capacity).
+fn previous_generation(pins: &Pins, current: &bpf::Generation) -> Option<bpf::Generation> {
+    pins.generations()
+        .into_iter()
+        .filter(|g| g.dir != current.dir && g.readable())
+        .last()
+}
+
+/// Seeds the cache with the addresses pinned entries hold for hostnames. Returns how many.
+fn adopt(
+    cache: &mut HostCache,
+    entries: &std::collections::BTreeMap<EntryKey, AllowEntry>,
+    sources: &std::collections::BTreeMap<egress_common::SourceId, SourceRecord>,
+    now: u64,
+) -> usize {
+    let mut n = 0;
+    for (key, entry) in entries {
+        let addr = match key {
+            EntryKey::V4(a) => IpAddr::V4(*a),
+            EntryKey::V6(a) => IpAddr::V6(*a),
+            _ => continue,
+        };
+        let held = (entry.source_count as usize).min(entry.sources.len());
+        for id in &entry.sources[..held] {
+            let Some(record) = sources.get(id).filter(|r| r.kind == SourceKind::HOST) else {
+                continue;
+            };
+            if let Ok(host) = Hostname::parse(&source::label(record)) {
+                cache.adopt(&host, addr, entry.expires_at, record.resolved_at, now);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Makes sure the cgroup is enforced when no valid policy is available: a previous agent's
+/// pinned enforcement stays as it is; without one, every destination but loopback is denied.
+fn fail_closed(config: &AgentConfig, pins: &Pins, cgroup: &Cgroup) -> Result<String, AgentError> {
+    if pins.link_dirs().iter().any(|(id, _)| *id == cgroup.id) {
+        let msg = "the enforcement pinned by the previous agent stays in force".to_owned();
+        tracing::warn!("{msg}");
+        return Ok(msg);
+    }
+    let (mut loaded, maps) = bpf::load(pins, config.max_entries)?;
+    let mut reconciler = Reconciler::new(maps)?;
+    let deny_all = crate::enforce::compute(&Policy::default(), &HostCache::default(), &[], now());
+    reconciler.apply(&deny_all)?;
+    loaded.attach(pins, cgroup)?;
+    let msg = format!(
+        "no valid policy: all egress of {} is denied (loopback excepted) until one is given",
+        cgroup.path.display()
+    );
+    tracing::warn!("{msg}");
+    Ok(msg)
+}

@@ -1,0 +1,93 @@
+//! The agent's status file (`<state dir>/status.json`): what it enforces, from which
+//! policy, and what went wrong last. Written atomically after every change; read by
+//! `egress-agent status` and by tests that wait for a reload to land.
+
+use std::{
+    io::Write as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub pid: u32,
+    pub version: String,
+    pub started_at: u64,
+    /// Programs attached and a valid policy applied.
+    pub ready: bool,
+    /// Still enforcing (false once the agent has stopped; the pins stay).
+    pub running: bool,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub bpffs: String,
+    pub dns_servers: Vec<String>,
+    pub max_entries: u32,
+    pub policy: Option<AppliedPolicy>,
+    pub last_reload: Option<Reload>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub entries: EntryCounts,
+    pub hosts: usize,
+    /// Conditions that keep the agent from enforcing exactly its policy.
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppliedPolicy {
+    pub path: String,
+    /// FNV-1a 64 of the file's bytes, as [`crate::policy::digest`] computes it.
+    pub digest: String,
+    pub applied_at: u64,
+    pub mode: String,
+    pub default_action: String,
+    pub rules: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reload {
+    pub at: u64,
+    pub ok: bool,
+    pub digest: String,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryCounts {
+    pub v4: usize,
+    pub v6: usize,
+    pub cidr_v4: usize,
+    pub cidr_v6: usize,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATUS_FILE)
+}
+
+/// Writes the file atomically (temporary file, then rename), readable by root only.
+pub fn write(state_dir: &Path, status: &Status) -> std::io::Result<()> {
+    let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(serde_json::to_string_pretty(status)?.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(tmp, path(state_dir))
+}
+
+pub fn read(state_dir: &Path) -> std::io::Result<Status> {
+    let text = std::fs::read_to_string(path(state_dir))?;
+    serde_json::from_str(&text).map_err(std::io::Error::other)
+}
+
+/// Creates the state directory, accessible by its owner only.
+pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}

@@ -1,0 +1,198 @@
+//! Finding (and if need be mounting) the file systems the agent works in: cgroup v2 for the
+//! attach point, bpffs for the pins. Their paths differ between machines (a hybrid cgroup
+//! layout puts cgroup2 at /sys/fs/cgroup/unified; Kubernetes nodes usually have it at
+//! /sys/fs/cgroup), so they are read from /proc/self/mountinfo instead of assumed.
+
+use std::{
+    ffi::CString,
+    io,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+/// statfs(2) magic numbers (include/uapi/linux/magic.h).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where bpffs is mounted on most systems; mounted here when nothing is.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no cgroup v2 file system is mounted (checked /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("{} is not a directory of the cgroup v2 file system{hint}", path.display())]
+    NotCgroup2 { path: PathBuf, hint: String },
+    #[error("{} is not on a bpf file system; give --bpffs a directory under a bpffs mount", path.display())]
+    NotBpffs { path: PathBuf },
+    #[error("failed to mount bpffs at {DEFAULT_BPFFS}: {0}")]
+    Mount(io::Error),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
+    move |source| FsError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Mount points of a file system type, from mountinfo (fields per proc(5)).
+pub fn mounts_of(fstype: &str) -> io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == fstype).then(|| PathBuf::from(unescape(mount_point)))
+        })
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `st` is plain data; statfs writes it fully on success.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path, `st` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The cgroup v2 mount point.
+pub fn cgroup2_root() -> Result<PathBuf, FsError> {
+    mounts_of("cgroup2")
+        .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?
+        .into_iter()
+        .next()
+        .ok_or(FsError::NoCgroup2)
+}
+
+/// A cgroup to attach to, given as a path of the cgroup v2 file system, or relative to its
+/// mount point (`/kubepods.slice` or `kubepods.slice`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    /// The cgroup id (the directory's inode number on cgroup2), as in BPF helpers and
+    /// /proc/<pid>/cgroup-based tooling.
+    pub id: u64,
+}
+
+impl Cgroup {
+    pub fn resolve(given: &Path) -> Result<Self, FsError> {
+        let candidate = if is_cgroup2(given) {
+            given.to_owned()
+        } else {
+            let root = cgroup2_root()?;
+            let relative = given.strip_prefix("/").unwrap_or(given);
+            let joined = root.join(relative);
+            if !is_cgroup2(&joined) {
+                return Err(FsError::NotCgroup2 {
+                    path: given.to_owned(),
+                    hint: format!(
+                        " (nor is {}; cgroup v2 is mounted at {})",
+                        joined.display(),
+                        root.display()
+                    ),
+                });
+            }
+            joined
+        };
+        let id = std::fs::metadata(&candidate)
+            .map_err(io_err("stat", &candidate))?
+            .ino();
+        Ok(Self {
+            path: candidate,
+            id,
+        })
+    }
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    path.is_dir() && fs_magic(path).is_ok_and(|m| m == CGROUP2_SUPER_MAGIC)
+}
+
+/// Makes sure `dir` can hold pins: it is (or will be created) on bpffs. When its ancestor is
+/// the usual mount point and nothing is mounted there, bpffs is mounted (as `mount -t bpf`).
+pub fn ensure_bpffs_dir(dir: &Path) -> Result<(), FsError> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    let on_bpffs = fs_magic(existing).map_err(io_err("statfs", existing))? == BPF_FS_MAGIC;
+    if !on_bpffs {
+        let default = Path::new(DEFAULT_BPFFS);
+        if dir.starts_with(default) && (existing == default || default.starts_with(existing)) {
+            mount_bpffs(default)?;
+        } else {
+            return Err(FsError::NotBpffs {
+                path: dir.to_owned(),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_err("create", dir))
+}
+
+fn mount_bpffs(at: &Path) -> Result<(), FsError> {
+    std::fs::create_dir_all(at).map_err(io_err("create", at))?;
+    let target = CString::new(at.as_os_str().as_bytes()).expect("no NUL in path");
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(FsError::Mount(io::Error::last_os_error()));
+    }
+    tracing::info!(path = %at.display(), "mounted bpffs");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(r"/mnt/with\040space"), "/mnt/with space");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/tail\04"), r"/tail\04");
+    }
+}

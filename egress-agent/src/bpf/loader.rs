@@ -1,0 +1,238 @@
+//! Loading the programs against pinned maps, and attaching them through pinned links.
+
+use std::{fs::File, io, os::fd::AsFd as _, path::PathBuf};
+
+use aya::{
+    EbpfLoader,
+    maps::MapInfo,
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+};
+use egress_common::{AllowEntry, Config, SourceId, SourceRecord, V4Key, V6Key, maps, programs};
+
+use super::{
+    fs::Cgroup,
+    maps::{OpenError, PinnedMaps},
+    object,
+    pins::{Generation, Pins},
+    sys,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this egress-agent was built without its kernel programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask setup` done"
+    )]
+    NoObject,
+    #[error("failed to create {}: {source}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("pinned map {} does not match this agent ({detail}); remove it with `egress-agent detach`", path.display())]
+    Incompatible { path: PathBuf, detail: String },
+    #[error("failed to load the kernel object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("failed to load program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    Maps(#[from] OpenError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("failed to open cgroup {}: {source}", path.display())]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("failed to attach {name} to {}: {source}", path.display())]
+    Attach {
+        name: &'static str,
+        path: PathBuf,
+        source: ProgramError,
+    },
+    #[error("failed to pin link {}: {reason}", path.display())]
+    Pin { path: PathBuf, reason: String },
+}
+
+/// The loaded object: its programs, until they are attached through pinned links.
+pub struct Loaded {
+    ebpf: aya::Ebpf,
+    pub generation: Generation,
+}
+
+/// Key and value sizes each map must have, and whether its capacity follows `--max-entries`.
+fn expected_layout(name: &str) -> (usize, usize, bool) {
+    use std::mem::size_of;
+    match name {
+        maps::ALLOW_V4 => (size_of::<V4Key>(), size_of::<AllowEntry>(), true),
+        maps::ALLOW_V6 => (size_of::<V6Key>(), size_of::<AllowEntry>(), true),
+        maps::CIDR_V4 => (4 + 4, size_of::<AllowEntry>(), true),
+        maps::CIDR_V6 => (4 + 16, size_of::<AllowEntry>(), true),
+        maps::CONFIG => (4, size_of::<Config>(), false),
+        maps::COUNTERS => (4, size_of::<u64>(), false),
+        maps::SOURCES => (size_of::<SourceId>(), size_of::<SourceRecord>(), true),
+        _ => (0, 0, false),
+    }
+}
+
+/// Refuses pinned maps whose shape differs from what this binary would create: a reused
+/// map with another layout would be misread by the programs.
+fn check_pinned(generation: &Generation) -> Result<(), LoadError> {
+    for name in maps::ALL {
+        let path = generation.map_path(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| LoadError::Incompatible {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let (key, value, sized) = expected_layout(name);
+        let mut problems = Vec::new();
+        if info.key_size() as usize != key {
+            problems.push(format!("key size {} ≠ {key}", info.key_size()));
+        }
+        if info.value_size() as usize != value {
+            problems.push(format!("value size {} ≠ {value}", info.value_size()));
+        }
+        if sized && info.max_entries() != generation.max_entries {
+            problems.push(format!(
+                "capacity {} ≠ {}",
+                info.max_entries(),
+                generation.max_entries
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(LoadError::Incompatible {
+                path,
+                detail: problems.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Loads the object, creating the generation's maps or reusing them when pinned, and loads
+/// (verifies) every program. Nothing is attached yet.
+pub fn load(pins: &Pins, max_entries: u32) -> Result<(Loaded, PinnedMaps), LoadError> {
+    if !object::present() {
+        return Err(LoadError::NoObject);
+    }
+    let generation = pins.generation(max_entries);
+    std::fs::create_dir_all(&generation.dir).map_err(|source| LoadError::Dir {
+        path: generation.dir.clone(),
+        source,
+    })?;
+    check_pinned(&generation)?;
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&'static str, PathBuf)> = maps::ALL
+        .iter()
+        .map(|&name| (name, generation.map_path(name)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    for name in maps::SIZED {
+        loader.map_max_entries(name, max_entries);
+    }
+    let mut ebpf = loader.load(object::OBJECT)?;
+    for name in programs::ALL {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Program {
+                name,
+                source: ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    let maps = PinnedMaps::from_maps(|name| ebpf.take_map(name), max_entries)?;
+    Ok((Loaded { ebpf, generation }, maps))
+}
+
+/// How a program came to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A pinned link to the cgroup existed; its program was swapped in place.
+    Replaced,
+    /// A new link was created and pinned.
+    New,
+}
+
+impl Loaded {
+    /// Attaches every program to `cgroup`. Where a pinned link exists (a previous agent's),
+    /// its program is replaced atomically; otherwise a link is created and pinned. Links
+    /// pinned for other cgroups (a previous `--cgroup`) are then removed.
+    pub fn attach(
+        &mut self,
+        pins: &Pins,
+        cgroup: &Cgroup,
+    ) -> Result<Vec<(&'static str, Attached)>, AttachError> {
+        let dir = pins.links_dir(cgroup.id);
+        std::fs::create_dir_all(&dir).map_err(|e| AttachError::Pin {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let cgroup_file = File::open(&cgroup.path).map_err(|source| AttachError::Cgroup {
+            path: cgroup.path.clone(),
+            source,
+        })?;
+        let mut report = Vec::new();
+        for name in programs::ALL {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .expect("loaded in load()");
+            let path = pins.link_path(cgroup.id, name);
+            if path.exists() {
+                let swapped = sys::obj_get(&path).and_then(|link| {
+                    let prog_fd = program.fd().map_err(io::Error::other)?;
+                    sys::link_update(link.as_fd(), prog_fd.as_fd())
+                });
+                match swapped {
+                    Ok(()) => {
+                        report.push((name, Attached::Replaced));
+                        continue;
+                    }
+                    Err(e) => {
+                        // ENOLINK: the cgroup the link was made for is gone.
+                        tracing::warn!(link = %path.display(), error = %e, "pinned link unusable; attaching anew");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            let attach_err = |source| AttachError::Attach {
+                name,
+                path: cgroup.path.clone(),
+                source,
+            };
+            let id = program
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            let link = program.take_link(id).map_err(attach_err)?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| AttachError::Pin {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            link.pin(&path).map_err(|e| AttachError::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            report.push((name, Attached::New));
+        }
+        for (other, other_dir) in pins.link_dirs() {
+            if other != cgroup.id {
+                tracing::info!(
+                    cgroup_id = other,
+                    "removing links of a cgroup no longer enforced"
+                );
+                let _ = std::fs::remove_dir_all(other_dir);
+            }
+        }
+        Ok(report)
+    }
+}

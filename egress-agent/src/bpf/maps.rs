@@ -1,0 +1,246 @@
+//! The kernel maps behind [`MapStore`], opened from a loaded object or from pins.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::{
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    sys::SyscallError,
+};
+use egress_common::{AllowEntry, Config, Counter, SourceId, SourceRecord, V4Key, V6Key, maps};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::pins::Generation;
+use crate::enforce::{Capacity, EntryKey, MapStore, StoreError, reconcile::map_of};
+
+/// Typed handles on every map of one generation.
+pub struct PinnedMaps {
+    allow_v4: HashMap<MapData, V4Key, AllowEntry>,
+    allow_v6: HashMap<MapData, V6Key, AllowEntry>,
+    cidr_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
+    cidr_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    sources: HashMap<MapData, SourceId, SourceRecord>,
+    max_entries: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("map {name} is missing")]
+    Missing { name: &'static str },
+    #[error("failed to open map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+impl PinnedMaps {
+    /// Builds the handles from maps taken out of a loaded object (or opened from pins).
+    pub fn from_maps(
+        mut take: impl FnMut(&'static str) -> Option<Map>,
+        max_entries: u32,
+    ) -> Result<Self, OpenError> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(
+            take: &mut impl FnMut(&'static str) -> Option<Map>,
+            name: &'static str,
+        ) -> Result<T, OpenError> {
+            let map = take(name).ok_or(OpenError::Missing { name })?;
+            T::try_from(map).map_err(|source| OpenError::Map { name, source })
+        }
+        Ok(Self {
+            allow_v4: typed(&mut take, maps::ALLOW_V4)?,
+            allow_v6: typed(&mut take, maps::ALLOW_V6)?,
+            cidr_v4: typed(&mut take, maps::CIDR_V4)?,
+            cidr_v6: typed(&mut take, maps::CIDR_V6)?,
+            config: typed(&mut take, maps::CONFIG)?,
+            counters: typed(&mut take, maps::COUNTERS)?,
+            sources: typed(&mut take, maps::SOURCES)?,
+            max_entries,
+        })
+    }
+
+    /// Opens the maps pinned in a generation directory (read by the CLI and at adoption).
+    pub fn open(generation: &Generation) -> Result<Self, OpenError> {
+        Self::from_maps(
+            |name| {
+                let data = MapData::from_pin(generation.map_path(name)).ok()?;
+                Map::from_map_data(data).ok()
+            },
+            generation.max_entries,
+        )
+    }
+
+    /// Sums the per-CPU verdict counters, in [`Counter`] order.
+    pub fn counters(&self) -> Result<Vec<u64>, StoreError> {
+        (0..Counter::COUNT)
+            .map(|i| {
+                self.counters
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(|e| syscall("read", maps::COUNTERS, i.to_string(), e))
+            })
+            .collect()
+    }
+}
+
+/// Whether `path` names an existing pin.
+pub fn pinned(path: &Path) -> bool {
+    path.exists()
+}
+
+fn syscall(op: &'static str, map: &'static str, key: String, e: MapError) -> StoreError {
+    let source = match e {
+        MapError::SyscallError(SyscallError { io_error, .. }) => io_error,
+        other => io::Error::other(other.to_string()),
+    };
+    StoreError::Syscall {
+        op,
+        map,
+        key,
+        source,
+    }
+}
+
+/// A failed insert: a full map is reported as such (hash maps say E2BIG, tries ENOSPC).
+fn insert_error(map: &'static str, key: &EntryKey, capacity: u32, e: MapError) -> StoreError {
+    if let MapError::SyscallError(SyscallError { io_error, .. }) = &e
+        && matches!(io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC))
+    {
+        return StoreError::Full { map, capacity };
+    }
+    syscall("insert", map, key.to_string(), e)
+}
+
+/// A removal of a key that is already gone is not an error.
+fn removed(map: &'static str, key: &EntryKey, r: Result<(), MapError>) -> Result<(), StoreError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(syscall("remove", map, key.to_string(), e)),
+    }
+}
+
+impl MapStore for PinnedMaps {
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            max_entries: self.max_entries,
+        }
+    }
+
+    fn read_entries(&self) -> Result<BTreeMap<EntryKey, AllowEntry>, StoreError> {
+        let mut out = BTreeMap::new();
+        let read = |map, e| syscall("read", map, String::new(), e);
+        for item in self.allow_v4.iter() {
+            let (k, v) = item.map_err(|e| read(maps::ALLOW_V4, e))?;
+            out.insert(EntryKey::V4(Ipv4Addr::from(k.addr)), v);
+        }
+        for item in self.allow_v6.iter() {
+            let (k, v) = item.map_err(|e| read(maps::ALLOW_V6, e))?;
+            out.insert(EntryKey::V6(Ipv6Addr::from(k.addr)), v);
+        }
+        for item in self.cidr_v4.iter() {
+            let (k, v) = item.map_err(|e| read(maps::CIDR_V4, e))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
+                .map_err(|e| read(maps::CIDR_V4, MapError::IoError(io::Error::other(e))))?;
+            out.insert(EntryKey::Net4(net), v);
+        }
+        for item in self.cidr_v6.iter() {
+            let (k, v) = item.map_err(|e| read(maps::CIDR_V6, e))?;
+            let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                .map_err(|e| read(maps::CIDR_V6, MapError::IoError(io::Error::other(e))))?;
+            out.insert(EntryKey::Net6(net), v);
+        }
+        Ok(out)
+    }
+
+    fn read_sources(&self) -> Result<BTreeMap<SourceId, SourceRecord>, StoreError> {
+        self.sources
+            .iter()
+            .map(|item| item.map_err(|e| syscall("read", maps::SOURCES, String::new(), e)))
+            .collect()
+    }
+
+    fn read_config(&self) -> Result<Config, StoreError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|e| syscall("read", maps::CONFIG, "0".into(), e))
+    }
+
+    fn put_entry(&mut self, key: &EntryKey, value: &AllowEntry) -> Result<(), StoreError> {
+        let map = map_of(key);
+        let cap = self.max_entries;
+        let r = match *key {
+            EntryKey::V4(a) => self.allow_v4.insert(V4Key { addr: a.octets() }, value, 0),
+            EntryKey::V6(a) => self.allow_v6.insert(V6Key { addr: a.octets() }, value, 0),
+            EntryKey::Net4(n) => self.cidr_v4.insert(
+                &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                value,
+                0,
+            ),
+            EntryKey::Net6(n) => self.cidr_v6.insert(
+                &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                value,
+                0,
+            ),
+        };
+        r.map_err(|e| insert_error(map, key, cap, e))
+    }
+
+    fn remove_entry(&mut self, key: &EntryKey) -> Result<(), StoreError> {
+        let map = map_of(key);
+        let r = match *key {
+            EntryKey::V4(a) => self.allow_v4.remove(&V4Key { addr: a.octets() }),
+            EntryKey::V6(a) => self.allow_v6.remove(&V6Key { addr: a.octets() }),
+            EntryKey::Net4(n) => self
+                .cidr_v4
+                .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+            EntryKey::Net6(n) => self
+                .cidr_v6
+                .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+        };
+        removed(map, key, r)
+    }
+
+    fn put_source(&mut self, id: SourceId, record: &SourceRecord) -> Result<(), StoreError> {
+        let cap = self.max_entries;
+        self.sources.insert(id, record, 0).map_err(|e| {
+            if let MapError::SyscallError(SyscallError { io_error, .. }) = &e
+                && io_error.raw_os_error() == Some(libc::E2BIG)
+            {
+                return StoreError::Full {
+                    map: maps::SOURCES,
+                    capacity: cap,
+                };
+            }
+            syscall("insert", maps::SOURCES, format!("{:x}", id.0), e)
+        })
+    }
+
+    fn remove_source(&mut self, id: SourceId) -> Result<(), StoreError> {
+        match self.sources.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(syscall("remove", maps::SOURCES, format!("{:x}", id.0), e)),
+        }
+    }
+
+    fn put_config(&mut self, config: &Config) -> Result<(), StoreError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| syscall("write", maps::CONFIG, "0".into(), e))
+    }
+}

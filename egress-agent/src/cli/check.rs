@@ -1,0 +1,132 @@
+//! `egress-agent check`: validate a policy file and show what it would enforce.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use egress_agent::{
+    enforce::{self, source::label},
+    policy::{self, DnsResolver},
+    ports::PortSet,
+    resolve::HostCache,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Policy file to validate.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Args { policy: path, json } = args;
+    let (policy, text) = policy::load(&path)?;
+    // Literal addresses and prefixes only: hostnames are resolved by the running agent.
+    let desired = enforce::compute(
+        &policy,
+        &HostCache::default(),
+        &[],
+        egress_agent::agent::now(),
+    );
+    if let Some((key, err, sources)) = desired.omitted.first() {
+        anyhow::bail!("{}: {key} ({}) {err}", path.display(), sources.join(", "));
+    }
+    let resolvers: Vec<String> = policy
+        .dns_resolvers
+        .iter()
+        .map(|r| match r {
+            DnsResolver::Upstream => "upstream".to_owned(),
+            DnsResolver::Addr(a) => a.to_string(),
+        })
+        .collect();
+    if json {
+        let rules: Vec<_> = policy
+            .rules
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "source": r.label,
+                    "action": r.action.to_string(),
+                    "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "cidrs": r.nets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ports": r.ports.to_string(),
+                })
+            })
+            .collect();
+        let entries: Vec<_> = desired
+            .entries
+            .iter()
+            .map(|(k, e)| {
+                serde_json::json!({
+                    "destination": k.to_string(),
+                    "ports": PortSet::from_kernel(&e.ranges[..e.range_count as usize]).to_string(),
+                    "sources": e.sources[..(e.source_count as usize).min(e.sources.len())]
+                        .iter()
+                        .filter_map(|id| desired.sources.get(id).map(label))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "file": path.display().to_string(),
+            "valid": true,
+            "digest": policy::digest(&text),
+            "mode": policy.mode.to_string(),
+            "default_action": policy.default_action.to_string(),
+            "dns_resolvers": resolvers,
+            "rules": rules,
+            "literal_entries": entries,
+            "notes": policy.notes,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: valid (digest {})",
+        path.display(),
+        policy::digest(&text)
+    );
+    println!(
+        "mode: {}; destinations no rule allows: {}",
+        policy.mode, policy.default_action
+    );
+    if resolvers.is_empty() {
+        println!("DNS: no resolver is allowed implicitly");
+    } else {
+        println!(
+            "DNS: workloads may query {} on 53/TCP and 53/UDP",
+            resolvers.join(", ")
+        );
+    }
+    println!("rules:");
+    if policy.rules.is_empty() {
+        println!("  (none: every destination but loopback gets the default action)");
+    }
+    for rule in &policy.rules {
+        println!("  {:<5} {}", rule.action, rule.label);
+        if !rule.hosts.is_empty() {
+            let hosts: Vec<String> = rule.hosts.iter().map(ToString::to_string).collect();
+            println!(
+                "        hosts: {} (resolved by the agent)",
+                hosts.join(", ")
+            );
+        }
+        if !rule.nets.is_empty() {
+            let nets: Vec<String> = rule.nets.iter().map(ToString::to_string).collect();
+            println!("        addresses: {}", nets.join(", "));
+        }
+        println!("        ports: {}", rule.ports);
+    }
+    if !desired.entries.is_empty() {
+        println!("entries from literal addresses:");
+        for (key, entry) in &desired.entries {
+            let ports = PortSet::from_kernel(&entry.ranges[..entry.range_count as usize]);
+            println!("  {key:<24} {ports}");
+        }
+    }
+    for note in &policy.notes {
+        println!("note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,46 @@
+//! `egress-agent detach`: stop enforcing. Removing the pins drops the last references to
+//! the links (the programs detach) and to the maps.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use egress_agent::bpf::Pins;
+
+use super::BpffsArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    bpffs: BpffsArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let pins = Pins::new(&args.bpffs.bpffs);
+    if !pins.root().exists() {
+        println!(
+            "nothing pinned at {}: nothing to detach",
+            pins.root().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _lock = egress_agent::agent::lock(pins.root())
+        .context("stop the agent (SIGTERM) before detaching")?;
+    for link in pins.link_files() {
+        std::fs::remove_file(&link)
+            .with_context(|| format!("failed to unpin {}", link.display()))?;
+        println!("detached {}", link.display());
+    }
+    for (_, dir) in pins.link_dirs() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    let _ = std::fs::remove_dir(pins.root().join("links"));
+    for generation in pins.generations() {
+        std::fs::remove_dir_all(&generation.dir)
+            .with_context(|| format!("failed to remove {}", generation.dir.display()))?;
+        println!("removed maps {}", generation.dir.display());
+    }
+    std::fs::remove_dir(pins.root())
+        .with_context(|| format!("failed to remove {}", pins.root().display()))?;
+    println!("enforcement removed");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,117 @@
+//! `egress-agent run`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use egress_agent::{
+    agent::{self, AgentConfig},
+    resolve::ResolverSettings,
+};
+use egress_common::DEFAULT_MAX_ENTRIES;
+
+use super::{BpffsArg, DEFAULT_STATE_DIR};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Policy file (YAML: ServiceEntry documents, mesh config, or an EgressPolicy). Watched:
+    /// changes apply without a restart; an invalid change is logged and ignored.
+    #[arg(long)]
+    policy: PathBuf,
+    /// cgroup v2 directory to enforce (absolute, or relative to the cgroup2 mount). Every
+    /// process below it is enforced.
+    #[arg(long)]
+    cgroup: PathBuf,
+    #[command(flatten)]
+    bpffs: BpffsArg,
+    /// Upstream DNS server (IP or IP:PORT), repeatable. Default: the nameservers of
+    /// /etc/resolv.conf.
+    #[arg(long = "dns-server", value_parser = parse_server)]
+    dns_servers: Vec<SocketAddr>,
+    /// Capacity of each map (exact v4, exact v6, prefixes v4, prefixes v6, sources).
+    #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
+    max_entries: u32,
+    /// Directory for the status file.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Lowest TTL honoured (shorter TTLs are raised to it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    min_ttl: Duration,
+    /// Highest TTL honoured (longer TTLs are lowered to it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    max_ttl: Duration,
+    /// How long an address stays allowed after its TTL ran out.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    grace: Duration,
+    /// How long the last known addresses are kept while the upstream fails.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    stale_for: Duration,
+    /// Timeout of one DNS query.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    dns_timeout: Duration,
+    /// How long start-up and reloads wait for names before applying without them.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    resolve_wait: Duration,
+}
+
+fn parse_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("`{s}` is not an IP address or IP:PORT"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        policy,
+        cgroup,
+        bpffs,
+        dns_servers,
+        max_entries,
+        state_dir,
+        min_ttl,
+        max_ttl,
+        grace,
+        stale_for,
+        dns_timeout,
+        resolve_wait,
+    } = args;
+    anyhow::ensure!(max_entries > 0, "--max-entries must be at least 1");
+    let config = AgentConfig {
+        policy,
+        cgroup,
+        bpffs: bpffs.bpffs,
+        dns_servers,
+        dns_timeout,
+        resolve_wait,
+        max_entries,
+        resolver: ResolverSettings {
+            min_ttl,
+            max_ttl,
+            grace,
+            stale_for,
+            ..ResolverSettings::default()
+        },
+        state_dir,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("failed to install the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            }
+        };
+        agent::run(config, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
