@@ -23,17 +23,43 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// The agent binary: `EGRESS_AGENT_BIN`, or the one built beside the tests.
+/// The agent binary: `EGRESS_AGENT_BIN`, or the one built beside the tests. `cargo test -p
+/// egress-tests` does not rebuild it, so a binary older than the sources it is built from is
+/// refused rather than silently tested.
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("EGRESS_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("egress-agent"));
-    assert!(
-        path.is_file(),
-        "{} not found: build it first (`cargo build --workspace`, or use `cargo xtask test`)",
-        path.display()
-    );
+    if let Some(path) = std::env::var_os("EGRESS_AGENT_BIN") {
+        return path.into();
+    }
+    let path = target_dir().join("egress-agent");
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} not found: run `cargo build` (or `cargo xtask test`)", path.display()));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+    for crate_dir in ["egress-agent", "egress-ebpf", "egress-common"] {
+        if let Some(newer) = newest_file(&workspace.join(crate_dir).join("src")).filter(|(t, _)| *t > built) {
+            panic!(
+                "{} is older than {}: run `cargo build` (or `cargo xtask test`) first",
+                path.display(),
+                newer.1.display()
+            );
+        }
+    }
     path
+}
+
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                newest_file(&path)
+            } else {
+                Some((e.metadata().ok()?.modified().ok()?, path))
+            }
+        })
+        .max()
 }
 
 pub struct Agent {

@@ -59,7 +59,24 @@ pub struct World {
     pub pod: Pod,
 }
 
+/// How long tests wait for the agent to start or apply a policy.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A native policy document with the given rules (YAML list items, indented by two).
+pub fn native(rules: &str) -> String {
+    format!("apiVersion: egress/v1\nkind: EgressPolicy\nrules:\n{rules}")
+}
+
 impl World {
+    /// A world whose agent enforces `policy` (started, ready).
+    pub fn enforcing(zone: Zone, policy: &str, agent_args: &[&str]) -> (Self, Agent) {
+        let world = Self::new(zone).expect("build the test world");
+        world.write_policy(policy);
+        let mut agent = world.start_agent(agent_args);
+        agent.wait_ready(WAIT);
+        (world, agent)
+    }
+
     /// Builds the world; `zone` is what the DNS server serves (`evil.test` is always added).
     pub fn new(mut zone: Zone) -> anyhow::Result<Self> {
         crate::require_root();

@@ -35,7 +35,8 @@ pub struct Controller {
     /// Digest of the last file content tried, applied or not, so that an unchanged bad file
     /// is not reported again on every directory event.
     last_tried: String,
-    _lock: PinLock,
+    /// The pin directory's lock, held while the agent runs.
+    lock: Option<PinLock>,
 }
 
 impl Controller {
@@ -49,7 +50,6 @@ impl Controller {
         upstream: Upstream,
         upstream_ips: Vec<IpAddr>,
         status: status::Status,
-        lock: PinLock,
     ) -> Self {
         let (results_tx, results) = mpsc::unbounded_channel();
         let mut c = Self {
@@ -65,10 +65,14 @@ impl Controller {
             results,
             queries: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
             status,
-            _lock: lock,
+            lock: None,
         };
         c.record_applied_policy();
         c
+    }
+
+    pub(super) fn hold(&mut self, lock: PinLock) {
+        self.lock = Some(lock);
     }
 
     pub fn max_entries(&self) -> u32 {

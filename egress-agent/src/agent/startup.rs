@@ -67,11 +67,24 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
         ..status::Status::default()
     };
 
-    let (policy, text) = match policy::load(&config.policy) {
-        Ok(loaded) => loaded,
+    let loaded = policy::load(&config.policy).map_err(AgentError::from);
+    let started = match loaded {
+        Ok((policy, text)) => {
+            enforce(&config, &pins, &cgroup, dns_servers, policy, &text, status.clone()).await
+        }
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(mut controller) => {
+            controller.hold(pin_lock);
+            controller.mark_ready();
+            Ok(controller)
+        }
         Err(e) => {
-            tracing::error!(error = %e, "policy rejected at start-up");
-            let what = fail_closed(&config, &pins, &cgroup)?;
+            tracing::error!(error = %e, "cannot enforce the policy");
+            let what = fail_closed(&config, &pins, &cgroup).unwrap_or_else(|e2| {
+                format!("could not install deny-all either: {e2}")
+            });
             status.problems = vec![e.to_string(), what];
             status.last_reload = Some(status::Reload {
                 at: now(),
@@ -80,16 +93,28 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
                 error: Some(e.to_string()),
             });
             status.reloads_failed = 1;
+            status.running = false;
             let _ = status::write(&config.state_dir, &status);
-            return Err(e.into());
+            Err(e)
         }
-    };
+    }
+}
+
+/// Loads the programs, fills the maps for `policy` and attaches.
+async fn enforce(
+    config: &AgentConfig,
+    pins: &Pins,
+    cgroup: &Cgroup,
+    dns_servers: Vec<SocketAddr>,
+    policy: Policy,
+    text: &str,
+    status: status::Status,
+) -> Result<Controller, AgentError> {
     for note in &policy.notes {
         tracing::info!(note = %note, "policy note");
     }
-
-    let (mut loaded, maps) = bpf::load(&pins, config.max_entries)?;
-    let previous = previous_generation(&pins, &loaded.generation);
+    let (mut loaded, maps) = bpf::load(pins, config.max_entries)?;
+    let previous = previous_generation(pins, &loaded.generation);
     let upstream = Upstream::new(dns_servers.clone(), config.dns_timeout)?;
     let mut cache = HostCache::new(config.resolver.clone());
     let at = now();
@@ -99,12 +124,7 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
     // Adopt from this generation, or from the one this agent replaces.
     let adopted = match &previous {
         Some(old) if reconciler.entries().is_empty() => match PinnedMaps::open(old) {
-            Ok(old_maps) => adopt(
-                &mut cache,
-                &old_maps.read_entries()?,
-                &old_maps.read_sources()?,
-                at,
-            ),
+            Ok(old_maps) => adopt(&mut cache, &old_maps.read_entries()?, &old_maps.read_sources()?, at),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the previous generation of maps");
                 0
@@ -118,37 +138,30 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
 
     let upstream_ips: Vec<IpAddr> = dns_servers.iter().map(SocketAddr::ip).collect();
     let mut controller = Controller::new(
-        config,
+        config.clone(),
         policy,
-        policy::digest(&text),
+        policy::digest(text),
         cache,
         reconciler,
         upstream,
         upstream_ips,
         status,
-        pin_lock,
     );
     controller.resolve_due_and_wait().await;
     controller.reconcile_or_fail()?;
 
-    let report = loaded.attach(&pins, &cgroup)?;
+    let report = loaded.attach(pins, cgroup)?;
     for (program, how) in report {
         tracing::info!(program, cgroup = %cgroup.path.display(), how = ?how, "attached");
     }
     drop(loaded);
-    for old in pins.generations() {
-        if old.dir != pins.generation(controller.max_entries()).dir {
-            match bpf::pins::remove_generation(&old) {
-                Ok(()) => {
-                    tracing::info!(dir = %old.dir.display(), "removed the previous generation of maps")
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %old.dir.display(), error = %e, "cannot remove an old generation of maps")
-                }
-            }
+    let current = pins.generation(controller.max_entries()).dir;
+    for old in pins.generations().into_iter().filter(|g| g.dir != current) {
+        match bpf::pins::remove_generation(&old) {
+            Ok(()) => tracing::info!(dir = %old.dir.display(), "removed the previous generation of maps"),
+            Err(e) => tracing::warn!(dir = %old.dir.display(), error = %e, "cannot remove an old generation of maps"),
         }
     }
-    controller.mark_ready();
     Ok(controller)
 }
 
@@ -188,8 +201,9 @@ fn adopt(
     n
 }
 
-/// Makes sure the cgroup is enforced when no valid policy is available: a previous agent's
-/// pinned enforcement stays as it is; without one, every destination but loopback is denied.
+/// Makes sure the cgroup is enforced when the policy cannot be: a previous agent's pinned
+/// enforcement stays as it is (its maps untouched: every failure before attaching leaves them
+/// as they were); without one, every destination but loopback is denied.
 fn fail_closed(config: &AgentConfig, pins: &Pins, cgroup: &Cgroup) -> Result<String, AgentError> {
     if pins.link_dirs().iter().any(|(id, _)| *id == cgroup.id) {
         let msg = "the enforcement pinned by the previous agent stays in force".to_owned();
