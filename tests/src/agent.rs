@@ -33,10 +33,19 @@ pub fn binary() -> PathBuf {
     let path = target_dir().join("egress-agent");
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} not found: run `cargo build` (or `cargo xtask test`)", path.display()));
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} not found: run `cargo build` (or `cargo xtask test`)",
+                path.display()
+            )
+        });
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
     for crate_dir in ["egress-agent", "egress-ebpf", "egress-common"] {
-        if let Some(newer) = newest_file(&workspace.join(crate_dir).join("src")).filter(|(t, _)| *t > built) {
+        if let Some(newer) =
+            newest_file(&workspace.join(crate_dir).join("src")).filter(|(t, _)| *t > built)
+        {
             panic!(
                 "{} is older than {}: run `cargo build` (or `cargo xtask test`) first",
                 path.display(),

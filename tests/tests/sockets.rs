@@ -22,8 +22,16 @@ fn assert_ok(o: &Outcome) {
 #[test]
 fn tcp_v4_and_v6_connects_are_judged_by_address_and_port() {
     let mut zone = Zone::new();
-    zone.set("api.allowed.test", &["198.51.100.10", "2001:db8:100::10"], 300);
-    let (world, _agent) = World::enforcing(zone, &native("  - hosts: [api.allowed.test]\n    ports: [443]\n"), &[]);
+    zone.set(
+        "api.allowed.test",
+        &["198.51.100.10", "2001:db8:100::10"],
+        300,
+    );
+    let (world, _agent) = World::enforcing(
+        zone,
+        &native("  - hosts: [api.allowed.test]\n    ports: [443]\n"),
+        &[],
+    );
     let r = probe::run(
         &world.pod,
         &[
@@ -40,7 +48,10 @@ fn tcp_v4_and_v6_connects_are_judged_by_address_and_port() {
     assert_denied(&r[3]);
     assert_denied(&r[4]);
     for evil in ["203.0.113.66", "2001:db8:100::66", "198.51.100.9"] {
-        assert!(world.sniffer.to(ip(evil)).is_empty(), "a packet to {evil} left the pod");
+        assert!(
+            world.sniffer.to(ip(evil)).is_empty(),
+            "a packet to {evil} left the pod"
+        );
     }
 }
 
@@ -49,7 +60,11 @@ fn tcp_v4_and_v6_connects_are_judged_by_address_and_port() {
 #[test]
 fn udp_sendto_and_sendmsg_without_connect_are_enforced() {
     let mut zone = Zone::new();
-    zone.set("ntp.allowed.test", &["198.51.100.12", "2001:db8:100::12"], 300);
+    zone.set(
+        "ntp.allowed.test",
+        &["198.51.100.12", "2001:db8:100::12"],
+        300,
+    );
     let policy = native("  - hosts: [ntp.allowed.test]\n    ports: [123]\n    protocol: UDP\n");
     let (world, _agent) = World::enforcing(zone, &policy, &[]);
     let r = probe::run(
@@ -60,7 +75,10 @@ fn udp_sendto_and_sendmsg_without_connect_are_enforced() {
             ("udp-sendto", "198.51.100.12:123"),
             ("udp-sendto", "198.51.100.12:9999"),
             ("udp-sendto", "[2001:db8:100::66]:9999"),
-            ("udp-connected-sendto", "198.51.100.12:123,203.0.113.66:9999"),
+            (
+                "udp-connected-sendto",
+                "198.51.100.12:123,203.0.113.66:9999",
+            ),
             ("udp-connect", "198.51.100.12:123"),
             ("udp-connect", "203.0.113.66:9999"),
             ("udp-sendmsg", "[2001:db8:100::12]:123"),
@@ -76,12 +94,19 @@ fn udp_sendto_and_sendmsg_without_connect_are_enforced() {
     assert_ok(&r[6]);
     assert_denied(&r[7]);
     assert_ok(&r[8]);
-    assert!(r[9].denied() || !r[9].ok, "UDP-only entry must not allow TCP: {:?}", r[9]);
+    assert!(
+        r[9].denied() || !r[9].ok,
+        "UDP-only entry must not allow TCP: {:?}",
+        r[9]
+    );
     assert_denied(&r[9]);
     assert!(world.sniffer.to(ip("203.0.113.66")).is_empty());
     assert!(world.sniffer.to(ip("2001:db8:100::66")).is_empty());
     let ntp: Vec<_> = world.sniffer.to(ip("198.51.100.12"));
-    assert!(ntp.iter().all(|p| p.proto == 17 && p.dst_port == Some(123)), "{ntp:?}");
+    assert!(
+        ntp.iter().all(|p| p.proto == 17 && p.dst_port == Some(123)),
+        "{ntp:?}"
+    );
     assert!(!ntp.is_empty(), "the allowed datagram must be on the wire");
 }
 
@@ -90,7 +115,11 @@ fn udp_sendto_and_sendmsg_without_connect_are_enforced() {
 fn ipv4_mapped_ipv6_destinations_are_judged_as_ipv4() {
     let mut zone = Zone::new();
     zone.set("api.allowed.test", &["198.51.100.10"], 300);
-    let (world, _agent) = World::enforcing(zone, &native("  - hosts: [api.allowed.test]\n    ports: [80]\n"), &[]);
+    let (world, _agent) = World::enforcing(
+        zone,
+        &native("  - hosts: [api.allowed.test]\n    ports: [80]\n"),
+        &[],
+    );
     let r = probe::run(
         &world.pod,
         &[
@@ -119,7 +148,11 @@ fn ipv4_mapped_ipv6_destinations_are_judged_as_ipv4() {
 fn tcp_fast_open_is_enforced() {
     let mut zone = Zone::new();
     zone.set("api.allowed.test", &["198.51.100.10"], 300);
-    let (world, _agent) = World::enforcing(zone, &native("  - hosts: [api.allowed.test]\n    ports: [80]\n"), &[]);
+    let (world, _agent) = World::enforcing(
+        zone,
+        &native("  - hosts: [api.allowed.test]\n    ports: [80]\n"),
+        &[],
+    );
     let r = probe::run(
         &world.pod,
         &[
@@ -132,10 +165,17 @@ fn tcp_fast_open_is_enforced() {
     );
     assert_denied(&r[0]);
     assert_denied(&r[1]);
-    assert!(r[2].ok || r[2].errno != probe::EPERM, "allowed TFO send: {:?}", r[2]);
+    assert!(
+        r[2].ok || r[2].errno != probe::EPERM,
+        "allowed TFO send: {:?}",
+        r[2]
+    );
     assert_denied(&r[3]);
     assert_ok(&r[4]);
-    assert!(world.sniffer.to(ip("203.0.113.66")).is_empty(), "no SYN to evil");
+    assert!(
+        world.sniffer.to(ip("203.0.113.66")).is_empty(),
+        "no SYN to evil"
+    );
     assert!(world.sniffer.to(ip("2001:db8:100::66")).is_empty());
     assert!(!world.sniffer.to(ip("198.51.100.10")).is_empty());
 }
@@ -144,8 +184,12 @@ fn tcp_fast_open_is_enforced() {
 #[test]
 fn ipv6_is_enforced_and_aaaa_only_names_are_allowed() {
     let mut zone = Zone::new();
-    zone.set("dual.allowed.test", &["198.51.100.40", "2001:db8:100::40"], 300)
-        .set("v6only.allowed.test", &["2001:db8:100::41"], 300);
+    zone.set(
+        "dual.allowed.test",
+        &["198.51.100.40", "2001:db8:100::40"],
+        300,
+    )
+    .set("v6only.allowed.test", &["2001:db8:100::41"], 300);
     let policy = native(
         "  - hosts: [dual.allowed.test]\n    ports: [80]\n  - hosts: [v6only.allowed.test]\n    ports: [80]\n",
     );
@@ -159,7 +203,11 @@ fn ipv6_is_enforced_and_aaaa_only_names_are_allowed() {
     assert_eq!(code, 7, "{out}");
     let (code, out) = world.curl(&["http://[2001:db8:100::66]/"]);
     assert_eq!(code, 7, "{out}");
-    assert_denied(&probe::one(&world.pod, "udp-sendto", "[2001:db8:100::66]:9999"));
+    assert_denied(&probe::one(
+        &world.pod,
+        "udp-sendto",
+        "[2001:db8:100::66]:9999",
+    ));
     assert!(world.sniffer.to(ip("2001:db8:100::66")).is_empty());
 
     let out = std::process::Command::new(egress_tests::agent::binary())
@@ -168,7 +216,12 @@ fn ipv6_is_enforced_and_aaaa_only_names_are_allowed() {
         .output()
         .unwrap();
     let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let v6: Vec<&str> = maps["entries"].as_array().unwrap().iter().map(|e| e["destination"].as_str().unwrap()).collect();
+    let v6: Vec<&str> = maps["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["destination"].as_str().unwrap())
+        .collect();
     assert_eq!(v6, vec!["2001:db8:100::40", "2001:db8:100::41"]);
 }
 
@@ -177,7 +230,11 @@ fn ipv6_is_enforced_and_aaaa_only_names_are_allowed() {
 #[test]
 fn other_ports_and_protocols_on_an_allowed_address_are_refused() {
     let mut zone = Zone::new();
-    zone.set("api.allowed.test", &["198.51.100.10", "2001:db8:100::10"], 300);
+    zone.set(
+        "api.allowed.test",
+        &["198.51.100.10", "2001:db8:100::10"],
+        300,
+    );
     let entry = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api}\nspec:\n  hosts: [api.allowed.test]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n";
     let (world, mut agent) = World::enforcing(zone, entry, &[]);
     let ops = [
@@ -196,17 +253,31 @@ fn other_ports_and_protocols_on_an_allowed_address_are_refused() {
     for o in &r[2..] {
         assert_denied(o);
     }
-    assert!(world.hits.all().iter().all(|h| h.local.port() == 443), "{:?}", world.hits.all());
+    assert!(
+        world.hits.all().iter().all(|h| h.local.port() == 443),
+        "{:?}",
+        world.hits.all()
+    );
 
-    let counters_before = agent.maps_json()["counters"]["audit_would_deny"].as_u64().unwrap();
-    let digest = world.write_policy(&format!("outboundTrafficPolicy:\n  mode: ALLOW_ANY\n---\n{entry}"));
+    let counters_before = agent.maps_json()["counters"]["audit_would_deny"]
+        .as_u64()
+        .unwrap();
+    let digest = world.write_policy(&format!(
+        "outboundTrafficPolicy:\n  mode: ALLOW_ANY\n---\n{entry}"
+    ));
     agent.wait_applied(&digest, egress_tests::world::WAIT);
     let r = probe::run(&world.pod, &ops);
     for o in &r {
         assert_ok(o);
     }
-    let counters_after = agent.maps_json()["counters"]["audit_would_deny"].as_u64().unwrap();
-    assert_eq!(counters_after - counters_before, 6, "each would-be denial is counted once");
+    let counters_after = agent.maps_json()["counters"]["audit_would_deny"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        counters_after - counters_before,
+        6,
+        "each would-be denial is counted once"
+    );
 }
 
 #[test]
@@ -265,8 +336,19 @@ fn port_ranges_cover_their_ends_and_nothing_else() {
 /// BR-17: loopback in every form stays reachable without any entry.
 #[test]
 fn loopback_stays_reachable_without_an_entry() {
-    let (world, agent) = World::enforcing(Zone::new(), "apiVersion: egress/v1\nkind: EgressPolicy\nrules: []\n", &[]);
-    egress_tests::servers::tcp(&world.rt, &world.pod_ns, 5432, egress_tests::servers::Service::Echo, world.hits.clone()).unwrap();
+    let (world, agent) = World::enforcing(
+        Zone::new(),
+        "apiVersion: egress/v1\nkind: EgressPolicy\nrules: []\n",
+        &[],
+    );
+    egress_tests::servers::tcp(
+        &world.rt,
+        &world.pod_ns,
+        5432,
+        egress_tests::servers::Service::Echo,
+        world.hits.clone(),
+    )
+    .unwrap();
     let r = probe::run(
         &world.pod,
         &[
@@ -283,10 +365,23 @@ fn loopback_stays_reachable_without_an_entry() {
         assert_ok(o);
     }
     assert_denied(&r[6]);
-    let (code, out) = world.curl(&["-s", "-o", "/dev/null", "telnet://localhost:5432", "--max-time", "1"]);
-    assert!(code == 0 || code == 28, "localhost by name is loopback too: {code} {out}");
+    let (code, out) = world.curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "telnet://localhost:5432",
+        "--max-time",
+        "1",
+    ]);
+    assert!(
+        code == 0 || code == 28,
+        "localhost by name is loopback too: {code} {out}"
+    );
     let counters = &agent.maps_json()["counters"];
-    assert_eq!(counters["deny_no_entry"], 1, "only the evil connect was denied: {counters}");
+    assert_eq!(
+        counters["deny_no_entry"], 1,
+        "only the evil connect was denied: {counters}"
+    );
 }
 
 /// BR-15: names match case-insensitively, with or without the trailing dot, and Unicode names
@@ -294,8 +389,11 @@ fn loopback_stays_reachable_without_an_entry() {
 #[test]
 fn hostnames_are_normalised_and_duplicates_merged() {
     let mut zone = Zone::new();
-    zone.set("api.allowed.test", &["198.51.100.10"], 300)
-        .set("xn--bcher-kva.allowed.test", &["198.51.100.11"], 300);
+    zone.set("api.allowed.test", &["198.51.100.10"], 300).set(
+        "xn--bcher-kva.allowed.test",
+        &["198.51.100.11"],
+        300,
+    );
     zone.random_case = true;
     let policy = native(
         "  - hosts: [\"Api.Allowed.TEST.\"]\n    ports: [80]\n\
@@ -310,10 +408,22 @@ fn hostnames_are_normalised_and_duplicates_merged() {
     assert_eq!(code, 0, "{out}");
     let maps = agent.maps_json();
     let entries = maps["entries"].as_array().unwrap();
-    let api = entries.iter().find(|e| e["destination"] == "198.51.100.10").unwrap();
+    let api = entries
+        .iter()
+        .find(|e| e["destination"] == "198.51.100.10")
+        .unwrap();
     assert_eq!(api["tcp"], "80,8080");
     assert_eq!(api["sources"], serde_json::json!(["api.allowed.test"]));
-    let idn = entries.iter().find(|e| e["destination"] == "198.51.100.11").unwrap();
-    assert_eq!(idn["sources"], serde_json::json!(["xn--bcher-kva.allowed.test"]));
-    assert!(agent.log().contains("api.allowed.test is named by 2 rules"), "the merge is logged");
+    let idn = entries
+        .iter()
+        .find(|e| e["destination"] == "198.51.100.11")
+        .unwrap();
+    assert_eq!(
+        idn["sources"],
+        serde_json::json!(["xn--bcher-kva.allowed.test"])
+    );
+    assert!(
+        agent.log().contains("api.allowed.test is named by 2 rules"),
+        "the merge is logged"
+    );
 }

@@ -172,7 +172,8 @@ impl Controller {
                 let _ = tx.send((host, outcome));
             });
         }
-        let mut waiting = pending.len();
+        let total = pending.len();
+        let mut waiting = total;
         let deadline = tokio::time::Instant::now() + self.config.resolve_wait;
         while waiting > 0 {
             match tokio::time::timeout_at(deadline, self.results.recv()).await {
@@ -207,7 +208,10 @@ impl Controller {
         // Log changes of state, not every refresh: a name that stays missing warns once.
         if before != after {
             match after {
-                Some(ResolveStatus::OK) => tracing::info!(%host, %summary, "resolved"),
+                Some(ResolveStatus::OK) if before == Some(ResolveStatus::PENDING) => {
+                    tracing::debug!(%host, %summary, "resolved");
+                }
+                Some(ResolveStatus::OK) => tracing::info!(%host, %summary, "resolved again"),
                 Some(ResolveStatus::FAILING) => {
                     tracing::warn!(%host, error = %summary, "resolution failing; keeping the last known addresses")
                 }

@@ -70,7 +70,16 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
     let loaded = policy::load(&config.policy).map_err(AgentError::from);
     let started = match loaded {
         Ok((policy, text)) => {
-            enforce(&config, &pins, &cgroup, dns_servers, policy, &text, status.clone()).await
+            enforce(
+                &config,
+                &pins,
+                &cgroup,
+                dns_servers,
+                policy,
+                &text,
+                status.clone(),
+            )
+            .await
         }
         Err(e) => Err(e),
     };
@@ -82,9 +91,8 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot enforce the policy");
-            let what = fail_closed(&config, &pins, &cgroup).unwrap_or_else(|e2| {
-                format!("could not install deny-all either: {e2}")
-            });
+            let what = fail_closed(&config, &pins, &cgroup)
+                .unwrap_or_else(|e2| format!("could not install deny-all either: {e2}"));
             status.problems = vec![e.to_string(), what];
             status.last_reload = Some(status::Reload {
                 at: now(),
@@ -124,7 +132,12 @@ async fn enforce(
     // Adopt from this generation, or from the one this agent replaces.
     let adopted = match &previous {
         Some(old) if reconciler.entries().is_empty() => match PinnedMaps::open(old) {
-            Ok(old_maps) => adopt(&mut cache, &old_maps.read_entries()?, &old_maps.read_sources()?, at),
+            Ok(old_maps) => adopt(
+                &mut cache,
+                &old_maps.read_entries()?,
+                &old_maps.read_sources()?,
+                at,
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the previous generation of maps");
                 0
@@ -158,8 +171,12 @@ async fn enforce(
     let current = pins.generation(controller.max_entries()).dir;
     for old in pins.generations().into_iter().filter(|g| g.dir != current) {
         match bpf::pins::remove_generation(&old) {
-            Ok(()) => tracing::info!(dir = %old.dir.display(), "removed the previous generation of maps"),
-            Err(e) => tracing::warn!(dir = %old.dir.display(), error = %e, "cannot remove an old generation of maps"),
+            Ok(()) => {
+                tracing::info!(dir = %old.dir.display(), "removed the previous generation of maps")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %old.dir.display(), error = %e, "cannot remove an old generation of maps")
+            }
         }
     }
     Ok(controller)
@@ -216,7 +233,7 @@ fn fail_closed(config: &AgentConfig, pins: &Pins, cgroup: &Cgroup) -> Result<Str
     reconciler.apply(&deny_all)?;
     loaded.attach(pins, cgroup)?;
     let msg = format!(
-        "no valid policy: all egress of {} is denied (loopback excepted) until one is given",
+        "all egress of {} is denied (loopback excepted) until an agent enforces a policy",
         cgroup.path.display()
     );
     tracing::warn!("{msg}");
