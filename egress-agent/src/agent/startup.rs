@@ -186,8 +186,7 @@ async fn enforce(
 fn previous_generation(pins: &Pins, current: &bpf::Generation) -> Option<bpf::Generation> {
     pins.generations()
         .into_iter()
-        .filter(|g| g.dir != current.dir && g.readable())
-        .last()
+        .rfind(|g| g.dir != current.dir && g.readable())
 }
 
 /// Seeds the cache with the addresses pinned entries hold for hostnames. Returns how many.

@@ -214,7 +214,7 @@ fn run(op: &str, arg: &str) -> io::Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() || args.len() % 2 != 0 {
+    if args.is_empty() || !args.len().is_multiple_of(2) {
         eprintln!("usage: egress-probe OP ADDR [OP ADDR]...");
         std::process::exit(2);
     }

@@ -1,0 +1,182 @@
+//! `cargo xtask setup`: idempotent, and quick when everything is already there.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages the tests and the demo run: curl (the client in the pod) and iproute2
+/// (namespaces and veth pairs).
+const DEBIAN_PACKAGES: [&str; 3] = ["curl", "iproute2", "ca-certificates"];
+
+/// bpf-linker release built here; 0.13 supports LLVM 21–23.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    nightly_components()?;
+    bpf_linker(root)?;
+    debian_packages()?;
+    eprintln!("setup: ready");
+    Ok(())
+}
+
+/// PATH with the project's tools first.
+pub fn path_with_tools(root: &Path) -> OsString {
+    let mut path = OsString::from(root.join(".tools/bin"));
+    if let Some(old) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    path
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_components() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly toolchain");
+        crate::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    for component in ["rust-src", "clippy", "rustfmt"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            eprintln!("setup: adding {component} to nightly");
+            crate::run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+    }
+    Ok(())
+}
+
+/// The nightly's LLVM major version and its shared library.
+fn nightly_llvm() -> anyhow::Result<(String, PathBuf)> {
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV shows no LLVM version")?
+        .to_owned();
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .context("the nightly toolchain ships no libLLVM.so")?;
+    Ok((major, lib))
+}
+
+/// bpf-linker must use the same LLVM as the nightly rustc that emits the bitcode, so it is
+/// built here against the nightly's own libLLVM (about 2 minutes), into `.tools/`.
+fn bpf_linker(root: &Path) -> anyhow::Result<()> {
+    let tools = root.join(".tools");
+    let (major, libllvm) = nightly_llvm()?;
+    let stamp = tools.join("bpf-linker.llvm");
+    let binary = tools.join("bin/bpf-linker");
+    let built_for = std::fs::read_to_string(&stamp).unwrap_or_default();
+    let works = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works && built_for.trim() == major {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (takes a couple of minutes)"
+    );
+    std::fs::create_dir_all(tools.join("lib"))?;
+    let link = tools.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+    let sysroot_lib = libllvm.parent().context("libLLVM has a directory")?;
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+                "--root",
+            ])
+            .arg(&tools)
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &tools)
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", sysroot_lib.display()),
+            ),
+    )?;
+    std::fs::write(&stamp, &major)?;
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .into_iter()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        crate::run(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+}
