@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .dns_resolvers
         .iter()
         .map(|r| match r {
-            DnsResolver::Upstream => "upstream".to_owned(),
+            DnsResolver::Upstream => "the agent's upstream resolvers".to_owned(),
             DnsResolver::Addr(a) => a.to_string(),
         })
         .collect();
@@ -74,7 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "digest": policy::digest(&text),
             "mode": policy.mode.to_string(),
             "default_action": policy.default_action.to_string(),
-            "dns_resolvers": resolvers,
+            "dns_resolvers": policy.dns_resolvers.iter().map(|r| match r {
+                DnsResolver::Upstream => "upstream".to_owned(),
+                DnsResolver::Addr(a) => a.to_string(),
+            }).collect::<Vec<_>>(),
             "rules": rules,
             "literal_entries": entries,
             "notes": policy.notes,
@@ -122,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("entries from literal addresses:");
         for (key, entry) in &desired.entries {
             let ports = PortSet::from_kernel(&entry.ranges[..entry.range_count as usize]);
-            println!("  {key:<24} {ports}");
+            println!("  {:<24} {ports}", key.to_string());
         }
     }
     for note in &policy.notes {

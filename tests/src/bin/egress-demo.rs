@@ -52,7 +52,10 @@ impl Demo {
         let verdict = if code == 0 {
             format!("ALLOWED  (exit 0 after {took:.0?}): {}", out.trim())
         } else {
-            format!("DENIED   (curl exit {code} after {took:.0?}): {}", out.trim())
+            format!(
+                "DENIED   (curl exit {code} after {took:.0?}): {}",
+                out.trim()
+            )
         };
         println!("      {verdict}");
         if (code == 0) != expect_ok {
@@ -79,8 +82,16 @@ impl Demo {
 fn main() -> ExitCode {
     println!("egress-agent demo: Istio egress lockdown, enforced in the kernel\n");
     let mut zone = Zone::new();
-    zone.set("www.googleapis.com", &["198.51.100.10", "2001:db8:100::10"], 300)
-        .set("storage.googleapis.com", &["198.51.100.11", "2001:db8:100::11"], 300);
+    zone.set(
+        "www.googleapis.com",
+        &["198.51.100.10", "2001:db8:100::10"],
+        300,
+    )
+    .set(
+        "storage.googleapis.com",
+        &["198.51.100.11", "2001:db8:100::11"],
+        300,
+    );
     let world = match World::new(zone) {
         Ok(w) => w,
         Err(e) => {
@@ -88,24 +99,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("  world: pod netns {} in cgroup {}", world.pod_ns.name, world.cgroup.pod().display());
-    println!("         internet netns {}: www.googleapis.com = 198.51.100.10, 2001:db8:100::10 (HTTPS on 443, HTTP on 80)", world.world.name);
-    println!("         storage.googleapis.com = 198.51.100.11 (same host); DNS server 10.200.0.53\n");
-    let mut demo = Demo { world, failures: Vec::new() };
+    println!(
+        "  world: pod netns {} in cgroup {}",
+        world.pod_ns.name,
+        world.cgroup.pod().display()
+    );
+    println!(
+        "         internet netns {}: www.googleapis.com = 198.51.100.10, 2001:db8:100::10 (HTTPS on 443, HTTP on 80)",
+        world.world.name
+    );
+    println!(
+        "         storage.googleapis.com = 198.51.100.11 (same host); DNS server 10.200.0.53\n"
+    );
+    let mut demo = Demo {
+        world,
+        failures: Vec::new(),
+    };
 
     println!("[1] policy: Istio mesh setting, nothing allowed");
     print!("{}", indent(REGISTRY_ONLY));
     demo.world.write_policy(REGISTRY_ONLY);
     let mut agent = demo.world.start_agent(&[]);
     agent.wait_ready(Duration::from_secs(20));
-    println!("    egress-agent run --policy {} --cgroup {} (pid {})", demo.world.policy_path().display(), demo.world.cgroup.enforced.display(), agent.pid());
+    println!(
+        "    egress-agent run --policy {} --cgroup {} (pid {})",
+        demo.world.policy_path().display(),
+        demo.world.cgroup.enforced.display(),
+        agent.pid()
+    );
     demo.world.sniffer.clear();
     demo.curl("https://www.googleapis.com/storage/v1/b", false);
     demo.connect("198.51.100.10:443", false);
-    let packets = demo.world.sniffer.to("198.51.100.10".parse().unwrap()).len();
+    let packets = demo
+        .world
+        .sniffer
+        .to("198.51.100.10".parse().unwrap())
+        .len();
     println!("    packets that reached 198.51.100.10: {packets}\n");
     if packets != 0 {
-        demo.failures.push(format!("{packets} packets reached the host while denied"));
+        demo.failures
+            .push(format!("{packets} packets reached the host while denied"));
     }
 
     println!("[2] policy: the ServiceEntry, written to the watched file (no restart)");
@@ -121,7 +154,10 @@ fn main() -> ExitCode {
     demo.connect("198.51.100.10:80", false);
     println!();
 
-    println!("[3] egress-agent maps --bpffs {}", demo.world.bpffs.display());
+    println!(
+        "[3] egress-agent maps --bpffs {}",
+        demo.world.bpffs.display()
+    );
     let maps = Command::new(egress_tests::agent::binary())
         .args(["maps", "--bpffs"])
         .arg(&demo.world.bpffs)
