@@ -27,6 +27,13 @@ pub mod zonesrv;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// The repository's example policies (examples/), which the README shows.
+pub mod examples {
+    pub const REGISTRY_ONLY: &str = include_str!("../../examples/istio-registry-only.yaml");
+    /// The reference ServiceEntry of the Istio egress-lockdown scenario, verbatim.
+    pub const SERVICE_ENTRY: &str = include_str!("../../examples/istio-serviceentry.yaml");
+}
+
 /// A name unique to this process and call, for namespaces, cgroups and directories.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -6,24 +6,7 @@ use std::time::{Duration, Instant};
 
 use egress_tests::{probe, world::World, zonesrv::Zone};
 
-const REGISTRY_ONLY: &str = "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n";
-
-/// Verbatim from the issue (and Istio's documentation).
-const SERVICE_ENTRY: &str = "\
-apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata:
-  name: context-scraper-egress
-spec:
-  hosts:
-  - www.googleapis.com
-  ports:
-  - number: 443
-    name: https
-    protocol: HTTPS
-  resolution: DNS
-  location: MESH_EXTERNAL
-";
+use egress_tests::examples::{REGISTRY_ONLY, SERVICE_ENTRY};
 
 const WAIT: Duration = Duration::from_secs(15);
 

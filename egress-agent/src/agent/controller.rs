@@ -138,17 +138,22 @@ impl Controller {
     /// Starts a resolution for every name that is due.
     fn spawn_due(&mut self) {
         for host in self.cache.take_due(now()) {
-            let (upstream, tx, queries) = (
-                self.upstream.clone(),
-                self.results_tx.clone(),
-                self.queries.clone(),
-            );
-            tokio::spawn(async move {
-                let _permit = queries.acquire_owned().await;
-                let outcome = upstream.resolve(&host).await;
-                let _ = tx.send((host, outcome));
-            });
+            self.spawn_resolution(host);
         }
+    }
+
+    /// Resolves `host` on its own task; the answer comes back through `results`.
+    fn spawn_resolution(&self, host: Hostname) {
+        let (upstream, tx, queries) = (
+            self.upstream.clone(),
+            self.results_tx.clone(),
+            self.queries.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = queries.acquire_owned().await;
+            let outcome = upstream.resolve(&host).await;
+            let _ = tx.send((host, outcome));
+        });
     }
 
     /// Resolves every due name and waits (up to `resolve_wait`) for the answers, so that a
@@ -160,17 +165,7 @@ impl Controller {
             return;
         }
         for host in &pending {
-            let (upstream, tx, queries, host) = (
-                self.upstream.clone(),
-                self.results_tx.clone(),
-                self.queries.clone(),
-                host.clone(),
-            );
-            tokio::spawn(async move {
-                let _permit = queries.acquire_owned().await;
-                let outcome = upstream.resolve(&host).await;
-                let _ = tx.send((host, outcome));
-            });
+            self.spawn_resolution(host.clone());
         }
         let total = pending.len();
         let mut waiting = total;
@@ -274,38 +269,26 @@ impl Controller {
         }
         self.last_tried = digest.clone();
         let at = now();
-        let new = match policy::load(&self.config.policy) {
-            Ok((p, text)) => (p, policy::digest(&text)),
-            Err(e) => {
-                tracing::error!(error = %e, "policy rejected; the last good policy stays in force");
+        let loaded = policy::load(&self.config.policy)
+            .map_err(|e| e.to_string())
+            .and_then(|(p, text)| self.fits(&p, at).map(|()| (p, policy::digest(&text))));
+        let (new_policy, new_digest) = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::error!(%error, "policy rejected; the last good policy stays in force");
                 self.status.reloads_failed += 1;
                 self.status.last_reload = Some(status::Reload {
                     at,
                     ok: false,
                     digest,
-                    error: Some(e.to_string()),
+                    error: Some(error),
                 });
                 self.write_status();
                 return;
             }
         };
-        let (new_policy, new_digest) = new;
         if force {
             self.cache.refresh_all(at);
-        }
-        // Refuse a policy whose literal entries cannot fit, before touching anything.
-        let probe = compute(&new_policy, &HostCache::default(), &self.upstream_ips, at);
-        if let Err(e) = self.reconciler.preflight(&probe) {
-            tracing::error!(error = %e, "policy rejected; the last good policy stays in force");
-            self.status.reloads_failed += 1;
-            self.status.last_reload = Some(status::Reload {
-                at,
-                ok: false,
-                digest,
-                error: Some(e.to_string()),
-            });
-            self.write_status();
-            return;
         }
         for note in &new_policy.notes {
             tracing::info!(note = %note, "policy note");
@@ -325,6 +308,17 @@ impl Controller {
         self.record_applied_policy();
         self.write_status();
         tracing::info!(mode = %self.policy.mode, rules = self.policy.rules.len(), "policy applied");
+    }
+
+    /// Refuses a policy whose literal addresses and prefixes cannot be enforced (too many port
+    /// ranges for one destination, or more entries than the maps hold), before anything is
+    /// touched. What names will resolve to is checked when it is known.
+    fn fits(&self, policy: &Policy, at: u64) -> Result<(), String> {
+        let probe = compute(policy, &HostCache::default(), &self.upstream_ips, at);
+        if let Some((key, err, sources)) = probe.omitted.first() {
+            return Err(format!("{key} ({}) {err}", sources.join(", ")));
+        }
+        self.reconciler.preflight(&probe).map_err(|e| e.to_string())
     }
 
     fn record_applied_policy(&mut self) {

@@ -4,7 +4,6 @@ use std::{
     collections::BTreeMap,
     io,
     net::{Ipv4Addr, Ipv6Addr},
-    path::Path,
 };
 
 use aya::{
@@ -87,11 +86,6 @@ impl PinnedMaps {
             })
             .collect()
     }
-}
-
-/// Whether `path` names an existing pin.
-pub fn pinned(path: &Path) -> bool {
-    path.exists()
 }
 
 fn syscall(op: &'static str, map: &'static str, key: String, e: MapError) -> StoreError {

@@ -13,21 +13,7 @@ fn err(text: &str) -> String {
 }
 
 /// The reference ServiceEntry of the Istio egress-lockdown scenario, verbatim.
-pub const ISTIO_REFERENCE: &str = "\
-apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata:
-  name: context-scraper-egress
-spec:
-  hosts:
-  - www.googleapis.com
-  ports:
-  - number: 443
-    name: https
-    protocol: HTTPS
-  resolution: DNS
-  location: MESH_EXTERNAL
-";
+pub const ISTIO_REFERENCE: &str = include_str!("../../../examples/istio-serviceentry.yaml");
 
 #[test]
 fn istio_reference_service_entry_allows_443_tcp_to_its_host() {
@@ -292,4 +278,20 @@ fn alias_bombs_are_refused() {
     text.push_str("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n");
     let e = err(&text);
     assert!(!e.is_empty());
+}
+
+/// The README's examples (examples/*.yaml) are valid.
+#[test]
+fn examples_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        load(&path).unwrap_or_else(|e| panic!("{e}"));
+        n += 1;
+    }
+    assert!(n >= 3);
+    let (native, _) = load(std::path::Path::new(&format!("{dir}/native-policy.yaml"))).unwrap();
+    assert_eq!(native.rules.len(), 2);
+    assert_eq!(native.rules[1].action, Action::Deny);
 }

@@ -57,11 +57,6 @@ pub fn unmap_addr(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// Whether `net` is a single address.
-pub fn is_host(net: &IpNet) -> bool {
-    net.prefix_len() == net.max_prefix_len()
-}
-
 impl<'de> Deserialize<'de> for Net {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Self::parse(&String::deserialize(d)?).map_err(D::Error::custom)

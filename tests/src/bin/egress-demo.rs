@@ -16,22 +16,7 @@ use std::{
 
 use egress_tests::{probe, world::World, zonesrv::Zone};
 
-const REGISTRY_ONLY: &str = "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n";
-const SERVICE_ENTRY: &str = "\
-apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata:
-  name: context-scraper-egress
-spec:
-  hosts:
-  - www.googleapis.com
-  ports:
-  - number: 443
-    name: https
-    protocol: HTTPS
-  resolution: DNS
-  location: MESH_EXTERNAL
-";
+use egress_tests::examples::{REGISTRY_ONLY, SERVICE_ENTRY};
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("      {l}\n")).collect()
