@@ -75,6 +75,10 @@ impl Controller {
         self.lock = Some(lock);
     }
 
+    pub(super) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     pub fn max_entries(&self) -> u32 {
         self.config.max_entries
     }
@@ -313,7 +317,7 @@ impl Controller {
     /// Refuses a policy whose literal addresses and prefixes cannot be enforced (too many port
     /// ranges for one destination, or more entries than the maps hold), before anything is
     /// touched. What names will resolve to is checked when it is known.
-    fn fits(&self, policy: &Policy, at: u64) -> Result<(), String> {
+    pub(super) fn fits(&self, policy: &Policy, at: u64) -> Result<(), String> {
         let probe = compute(policy, &HostCache::default(), &self.upstream_ips, at);
         if let Some((key, err, sources)) = probe.omitted.first() {
             return Err(format!("{key} ({}) {err}", sources.join(", ")));

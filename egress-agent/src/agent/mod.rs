@@ -70,6 +70,8 @@ pub enum AgentError {
     Reconcile(#[from] ReconcileError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("{0}")]
+    Unenforceable(String),
     #[error("another egress-agent holds {}; one agent per bpffs directory", path.display())]
     Locked { path: PathBuf },
     #[error("{what} {}: {source}", path.display())]

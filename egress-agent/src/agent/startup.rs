@@ -160,6 +160,9 @@ async fn enforce(
         upstream_ips,
         status,
     );
+    controller
+        .fits(controller.policy(), at)
+        .map_err(AgentError::Unenforceable)?;
     controller.resolve_due_and_wait().await;
     controller.reconcile_or_fail()?;
 
