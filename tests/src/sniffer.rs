@@ -98,6 +98,20 @@ impl Sniffer {
             .collect()
     }
 
+    /// Packets sent to `dst`, waiting up to `timeout` for the first one: the capture reads
+    /// asynchronously, so a positive check polls. Checking an allowed destination first also
+    /// proves the capture has caught up before a test asserts that nothing reached a denied one.
+    pub fn wait_to(&self, dst: IpAddr, timeout: std::time::Duration) -> Vec<Packet> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let seen = self.to(dst);
+            if !seen.is_empty() || std::time::Instant::now() >= deadline {
+                return seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     pub fn clear(&self) {
         self.packets.lock().unwrap().clear();
     }

@@ -44,6 +44,9 @@ fn registry_only_refuses_in_the_kernel_until_the_service_entry_allows_the_host()
         denied.denied(),
         "connect() must fail with EPERM: {denied:?}"
     );
+    // curl's DNS query went out on the same wire: once it is seen, the capture has caught up.
+    let dns = egress_tests::world::DNS.parse().unwrap();
+    assert!(!world.sniffer.wait_to(dns, WAIT).is_empty());
     assert!(
         world.sniffer.to(google).is_empty(),
         "no packet may reach the host: {:?}",

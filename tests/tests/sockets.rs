@@ -7,6 +7,9 @@ use egress_tests::{
     zonesrv::Zone,
 };
 
+/// How long a positive capture check waits for the packet (the capture reads asynchronously).
+const WIRE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn ip(s: &str) -> std::net::IpAddr {
     s.parse().unwrap()
 }
@@ -47,6 +50,13 @@ fn tcp_v4_and_v6_connects_are_judged_by_address_and_port() {
     assert_denied(&r[2]);
     assert_denied(&r[3]);
     assert_denied(&r[4]);
+    assert!(!world.sniffer.wait_to(ip("198.51.100.10"), WIRE).is_empty());
+    assert!(
+        !world
+            .sniffer
+            .wait_to(ip("2001:db8:100::10"), WIRE)
+            .is_empty()
+    );
     for evil in ["203.0.113.66", "2001:db8:100::66", "198.51.100.9"] {
         assert!(
             world.sniffer.to(ip(evil)).is_empty(),
@@ -100,14 +110,14 @@ fn udp_sendto_and_sendmsg_without_connect_are_enforced() {
         r[9]
     );
     assert_denied(&r[9]);
-    assert!(world.sniffer.to(ip("203.0.113.66")).is_empty());
-    assert!(world.sniffer.to(ip("2001:db8:100::66")).is_empty());
-    let ntp: Vec<_> = world.sniffer.to(ip("198.51.100.12"));
+    let ntp: Vec<_> = world.sniffer.wait_to(ip("198.51.100.12"), WIRE);
+    assert!(!ntp.is_empty(), "the allowed datagram must be on the wire");
     assert!(
         ntp.iter().all(|p| p.proto == 17 && p.dst_port == Some(123)),
         "{ntp:?}"
     );
-    assert!(!ntp.is_empty(), "the allowed datagram must be on the wire");
+    assert!(world.sniffer.to(ip("203.0.113.66")).is_empty());
+    assert!(world.sniffer.to(ip("2001:db8:100::66")).is_empty());
 }
 
 /// BR-01: IPv4 through AF_INET6 sockets is judged as IPv4, on every hook.
@@ -140,6 +150,7 @@ fn ipv4_mapped_ipv6_destinations_are_judged_as_ipv4() {
     assert_denied(&r[4]);
     assert_denied(&r[5]);
     assert_denied(&r[6]);
+    assert!(!world.sniffer.wait_to(ip("198.51.100.10"), WIRE).is_empty());
     assert!(world.sniffer.to(ip("203.0.113.66")).is_empty());
 }
 
@@ -172,12 +183,12 @@ fn tcp_fast_open_is_enforced() {
     );
     assert_denied(&r[3]);
     assert_ok(&r[4]);
+    assert!(!world.sniffer.wait_to(ip("198.51.100.10"), WIRE).is_empty());
     assert!(
         world.sniffer.to(ip("203.0.113.66")).is_empty(),
         "no SYN to evil"
     );
     assert!(world.sniffer.to(ip("2001:db8:100::66")).is_empty());
-    assert!(!world.sniffer.to(ip("198.51.100.10")).is_empty());
 }
 
 /// BR-04: IPv6 is enforced, and names with only AAAA records work.
@@ -208,6 +219,12 @@ fn ipv6_is_enforced_and_aaaa_only_names_are_allowed() {
         "udp-sendto",
         "[2001:db8:100::66]:9999",
     ));
+    assert!(
+        !world
+            .sniffer
+            .wait_to(ip("2001:db8:100::40"), WIRE)
+            .is_empty()
+    );
     assert!(world.sniffer.to(ip("2001:db8:100::66")).is_empty());
 
     let out = std::process::Command::new(egress_tests::agent::binary())
