@@ -78,9 +78,14 @@ impl Contribution {
         });
     }
 
+    /// Takes the ports of a covering prefix, and its sources: they explain the verdict too
+    /// (`maps` and `explain` name every rule that shaped an entry). Its expiry is not taken:
+    /// prefixes never expire, and an address's entry lives as long as its own sources say.
     fn inherit(&mut self, covering: &Contribution) {
         self.allow.union(&covering.allow);
         self.deny.union(&covering.deny);
+        self.sources.extend(covering.sources.iter().copied());
+        self.labels.extend(covering.labels.iter().cloned());
     }
 }
 
