@@ -9,8 +9,15 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages the tests and the demo run: curl (the client in the pod) and iproute2
-/// (namespaces and veth pairs).
-const DEBIAN_PACKAGES: [&str; 3] = ["curl", "iproute2", "ca-certificates"];
+/// (namespaces and veth pairs); binutils (strip) and xz-utils (compressed kernel modules) for
+/// the VM initramfs.
+const DEBIAN_PACKAGES: [&str; 5] = [
+    "curl",
+    "iproute2",
+    "ca-certificates",
+    "binutils",
+    "xz-utils",
+];
 
 /// bpf-linker release built here; 0.13 supports LLVM 21–23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -23,8 +30,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// PATH with the project's tools first.
-pub fn path_with_tools(root: &Path) -> OsString {
+/// PATH with the project's tools first (cargo install warns about a root not on PATH).
+fn path_with_tools(root: &Path) -> OsString {
     let mut path = OsString::from(root.join(".tools/bin"));
     if let Some(old) = std::env::var_os("PATH") {
         path.push(":");
@@ -145,6 +152,7 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
                 &format!("llvm-{major}"),
             ])
             .env("LLVM_PREFIX", &tools)
+            .env("PATH", path_with_tools(root))
             .env(
                 "RUSTFLAGS",
                 format!("-C link-arg=-Wl,-rpath,{}", sysroot_lib.display()),
@@ -179,4 +187,57 @@ fn debian_packages() -> anyhow::Result<()> {
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(&missing);
     apt(&install)
+}
+
+/// QEMU for `vm-test`. Debian bookworm's qemu-system-x86 would replace the newer qemu-utils
+/// these machines come with, so both come from bookworm-backports, through a private sources
+/// list (the system's apt configuration is left alone).
+pub fn qemu() -> anyhow::Result<()> {
+    let works = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("setup: installing qemu-system-x86 and qemu-utils from bookworm-backports");
+    let dir = std::env::temp_dir().join("egress-setup-apt");
+    std::fs::create_dir_all(dir.join("lists/partial"))?;
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let mut list = String::new();
+    for suite in ["bookworm", "bookworm-updates", "bookworm-backports"] {
+        list.push_str(&format!(
+            "deb [signed-by={keyring}] http://deb.debian.org/debian {suite} main\n"
+        ));
+    }
+    list.push_str(&format!(
+        "deb [signed-by={keyring}] http://deb.debian.org/debian-security bookworm-security main\n"
+    ));
+    std::fs::write(dir.join("sources.list"), list)?;
+    let apt = |args: &[&str]| {
+        crate::run(
+            Command::new("apt-get")
+                .arg("-o")
+                .arg(format!(
+                    "Dir::Etc::SourceList={}",
+                    dir.join("sources.list").display()
+                ))
+                .args(["-o", "Dir::Etc::SourceParts=/dev/null"])
+                .arg("-o")
+                .arg(format!("Dir::State::Lists={}", dir.join("lists").display()))
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    apt(&["update", "-q"])?;
+    apt(&[
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-t",
+        "bookworm-backports",
+        "qemu-system-x86",
+        "qemu-utils",
+    ])
 }
