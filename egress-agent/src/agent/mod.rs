@@ -30,6 +30,7 @@ pub use startup::{PinLock, lock};
 use crate::{
     bpf::{
         fs::FsError,
+        kernel::KernelError,
         loader::{AttachError, LoadError},
     },
     enforce::{StoreError, reconcile::ReconcileError},
@@ -60,6 +61,8 @@ pub enum AgentError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]

@@ -13,7 +13,7 @@ use egress_common::{AllowEntry, SourceKind, SourceRecord};
 
 use super::{AgentConfig, AgentError, Controller, now, status};
 use crate::{
-    bpf::{self, Cgroup, PinnedMaps, Pins, fs::ensure_bpffs_dir},
+    bpf::{self, Cgroup, PinnedMaps, Pins, fs::ensure_bpffs_dir, kernel},
     enforce::{EntryKey, MapStore as _, Reconciler, source},
     policy::{self, Hostname, Policy},
     resolve::{HostCache, Upstream, servers_from_resolv_conf},
@@ -39,6 +39,10 @@ pub fn lock(dir: &Path) -> Result<PinLock, AgentError> {
 }
 
 pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
+    let release = kernel::running_release()?;
+    if let Some(warning) = kernel::check(&release)? {
+        tracing::warn!("{warning}");
+    }
     status::ensure_state_dir(&config.state_dir).map_err(|source| AgentError::Io {
         what: "create state directory",
         path: config.state_dir.clone(),
@@ -57,6 +61,7 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
     let mut status = status::Status {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: release,
         started_at: now(),
         running: true,
         cgroup: cgroup.path.display().to_string(),

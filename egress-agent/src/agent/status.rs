@@ -16,6 +16,9 @@ pub const STATUS_FILE: &str = "status.json";
 pub struct Status {
     pub pid: u32,
     pub version: String,
+    /// The running kernel's release.
+    #[serde(default)]
+    pub kernel: String,
     pub started_at: u64,
     /// Programs attached and a valid policy applied.
     pub ready: bool,

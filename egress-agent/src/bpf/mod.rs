@@ -2,6 +2,7 @@
 //! object, pinning, attaching, and the maps as a [`crate::enforce::MapStore`].
 
 pub mod fs;
+pub mod kernel;
 pub mod loader;
 pub mod maps;
 pub mod object;

@@ -34,7 +34,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (true, false) => "starting (not ready)",
         (false, _) => "stopped (pinned enforcement stays in force)",
     };
-    println!("agent {} pid {}: {state}", s.version, s.pid);
+    println!(
+        "agent {} pid {} on Linux {}: {state}",
+        s.version, s.pid, s.kernel
+    );
     println!("cgroup: {} (id {})", s.cgroup, s.cgroup_id);
     println!("pins: {}", s.bpffs);
     println!("dns servers: {}", s.dns_servers.join(", "));

@@ -1,0 +1,108 @@
+//! Which kernels the agent runs on.
+//!
+//! Hard floor, by feature: Linux 5.7 brought cgroup `bpf_link`s (`BPF_LINK_CREATE` for
+//! cgroups) and `BPF_LINK_UPDATE`, on which pinned, restart-safe enforcement rests; without
+//! them a crashed agent would take enforcement with it, so older kernels are refused.
+//!
+//! Proven floor, by experiment: `cargo xtask vm-test` runs the whole end-to-end suite on
+//! Debian's 5.10, 6.1, 6.12 and newest kernels. 5.10 is the oldest kernel obtainable there;
+//! kernels from 5.7 up to it are accepted with a warning that they are untested.
+
+use std::fmt;
+
+/// Refused below this.
+pub const REQUIRED: KernelVersion = KernelVersion(5, 7);
+/// The oldest kernel the VM matrix has proven.
+pub const TESTED: KernelVersion = KernelVersion(5, 10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion(pub u32, pub u32);
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+impl KernelVersion {
+    /// Major and minor of a release string such as `6.1.0-57-cloud-amd64`.
+    pub fn parse(release: &str) -> Option<Self> {
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(Self(major, minor))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "Linux {release} is too old: egress-agent needs Linux ≥ {REQUIRED} (cgroup bpf_link and \
+         BPF_LINK_UPDATE keep enforcement attached while no agent runs)"
+    )]
+    TooOld { release: String },
+    #[error("cannot read the kernel release ({0}); refusing to guess which features it has")]
+    Unknown(String),
+}
+
+/// Checks a release string: `Ok(None)` when tested, `Ok(Some(warning))` when supported but
+/// older than the matrix proves, an error when the agent cannot work there.
+pub fn check(release: &str) -> Result<Option<String>, KernelError> {
+    let version =
+        KernelVersion::parse(release).ok_or_else(|| KernelError::Unknown(release.to_owned()))?;
+    if version < REQUIRED {
+        return Err(KernelError::TooOld {
+            release: release.to_owned(),
+        });
+    }
+    Ok((version < TESTED).then(|| {
+        format!(
+            "Linux {release} has the features egress-agent needs but is older than {TESTED}, the \
+             oldest kernel its VM tests prove; watch it closely"
+        )
+    }))
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn running_release() -> Result<String, KernelError> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| KernelError::Unknown(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_parse_to_major_and_minor() {
+        assert_eq!(
+            KernelVersion::parse("6.1.0-57-cloud-amd64"),
+            Some(KernelVersion(6, 1))
+        );
+        assert_eq!(
+            KernelVersion::parse("7.2.13+deb14-cloud-amd64"),
+            Some(KernelVersion(7, 2))
+        );
+        assert_eq!(
+            KernelVersion::parse("5.10.0-46-cloud-amd64"),
+            Some(KernelVersion(5, 10))
+        );
+        assert_eq!(KernelVersion::parse("6"), None);
+        assert_eq!(KernelVersion::parse("garbage"), None);
+    }
+
+    #[test]
+    fn old_kernels_are_refused_untested_ones_warned_about() {
+        assert!(matches!(
+            check("4.19.0-27-amd64"),
+            Err(KernelError::TooOld { .. })
+        ));
+        assert!(matches!(check("5.6.19"), Err(KernelError::TooOld { .. })));
+        assert!(check("5.7.0").unwrap().is_some());
+        assert!(check("5.9.16").unwrap().is_some());
+        assert_eq!(check("5.10.0-46-cloud-amd64").unwrap(), None);
+        assert_eq!(check("6.18.0").unwrap(), None);
+        assert!(matches!(check(""), Err(KernelError::Unknown(_))));
+    }
+}
