@@ -1,13 +1,14 @@
 //! Port sets: which (protocol, port) pairs a rule or a destination allows.
 //!
-//! Policies speak of ports per protocol; the kernel wants at most
-//! [`egress_common::MAX_RANGES`] `(protocol, first, last)` triples per destination. A
+//! Policies speak of ports per protocol; the kernel keeps port sets of at most
+//! [`egress_common::MAX_RANGES`] `(protocol, first, last)` triples, which destinations refer
+//! to by a content-derived id ([`port_set_id`]). A
 //! [`PortSet`] keeps sorted, disjoint, non-adjacent ranges per protocol so that unions and
 //! differences stay canonical and two equal sets always encode to the same kernel value.
 
 use std::fmt;
 
-use egress_common::{MAX_RANGES, PortRange, Proto};
+use egress_common::{MAX_RANGES, PortRange, PortRanges, PortSetId, Proto};
 
 /// Sorted, disjoint, non-adjacent inclusive port ranges of one protocol.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -30,33 +31,21 @@ impl Ranges {
         self.0.iter().any(|&(a, b)| a <= port && port <= b)
     }
 
-    /// Adds `first..=last`, merging with overlapping or adjacent ranges.
+    /// Adds `first..=last`, merging with overlapping or adjacent ranges. Binary search and
+    /// one splice: a rule listing thousands of ports parses in linear-ish time.
     pub fn insert(&mut self, first: u16, last: u16) {
         debug_assert!(first <= last);
-        let (mut lo, mut hi) = (u32::from(first), u32::from(last));
-        let mut out = Vec::with_capacity(self.0.len() + 1);
-        let mut placed = false;
-        for &(a, b) in &self.0 {
-            let (a, b) = (u32::from(a), u32::from(b));
-            if b + 1 < lo {
-                out.push((a, b));
-            } else if hi + 1 < a {
-                if !placed {
-                    out.push((lo, hi));
-                    placed = true;
-                }
-                out.push((a, b));
-            } else {
-                lo = lo.min(a);
-                hi = hi.max(b);
-            }
+        let (lo, hi) = (u32::from(first), u32::from(last));
+        // Ranges that end before `lo - 1` stay left; those that start after `hi + 1` stay
+        // right; everything between touches the new range and merges into it.
+        let left = self.0.partition_point(|&(_, b)| u32::from(b) + 1 < lo);
+        let right = self.0.partition_point(|&(a, _)| u32::from(a) <= hi + 1);
+        let (mut merged_lo, mut merged_hi) = (first, last);
+        if left < right {
+            merged_lo = merged_lo.min(self.0[left].0);
+            merged_hi = merged_hi.max(self.0[right - 1].1);
         }
-        if !placed {
-            out.push((lo, hi));
-        }
-        out.sort_unstable();
-        // Values came from u16 and were only combined with min/max.
-        self.0 = out.into_iter().map(|(a, b)| (a as u16, b as u16)).collect();
+        self.0.splice(left..right, [(merged_lo, merged_hi)]);
     }
 
     pub fn union(&mut self, other: &Self) {
@@ -65,32 +54,33 @@ impl Ranges {
         }
     }
 
-    /// Removes every port of `other`.
+    /// Removes every port of `other`, in one sweep over both sorted lists.
     pub fn subtract(&mut self, other: &Self) {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.0.len());
+        let mut j = 0;
         for &(a, b) in &self.0 {
-            let mut pieces = vec![(u32::from(a), u32::from(b))];
-            for &(c, d) in &other.0 {
-                let (c, d) = (u32::from(c), u32::from(d));
-                pieces = pieces
-                    .into_iter()
-                    .flat_map(|(x, y)| {
-                        let mut keep = Vec::with_capacity(2);
-                        if d < x || c > y {
-                            keep.push((x, y));
-                        } else {
-                            if c > x {
-                                keep.push((x, c - 1));
-                            }
-                            if d < y {
-                                keep.push((d + 1, y));
-                            }
-                        }
-                        keep
-                    })
-                    .collect();
+            let (mut x, y) = (u32::from(a), u32::from(b));
+            // Skip removals that end before this range.
+            while j < other.0.len() && u32::from(other.0[j].1) < x {
+                j += 1;
             }
-            out.extend(pieces.into_iter().map(|(x, y)| (x as u16, y as u16)));
+            let mut k = j;
+            while x <= y {
+                match other.0.get(k) {
+                    Some(&(c, d)) if u32::from(c) <= y => {
+                        let (c, d) = (u32::from(c), u32::from(d));
+                        if c > x {
+                            out.push((x as u16, (c - 1) as u16));
+                        }
+                        x = d + 1;
+                        k += 1;
+                    }
+                    _ => {
+                        out.push((x as u16, y as u16));
+                        break;
+                    }
+                }
+            }
         }
         self.0 = out;
     }
@@ -189,17 +179,17 @@ impl PortSet {
         self.ranges(protocol).contains(port)
     }
 
-    /// The kernel encoding: TCP ranges first, then UDP, each sorted.
-    pub fn to_kernel(&self) -> Result<([PortRange; MAX_RANGES], u32), TooManyRanges> {
+    /// The kernel encoding: TCP ranges first, then UDP, each sorted; equal sets encode alike.
+    pub fn to_kernel(&self) -> Result<PortRanges, TooManyRanges> {
         let needed = self.tcp.0.len() + self.udp.0.len();
         if needed > MAX_RANGES {
             return Err(TooManyRanges { needed });
         }
-        let mut out = egress_common::AllowEntry::EMPTY.ranges;
+        let mut out = PortRanges::EMPTY;
         let all = Protocol::BOTH
             .into_iter()
             .flat_map(|p| self.ranges(p).iter().map(move |r| (p, r)));
-        for (slot, (protocol, (first, last))) in out.iter_mut().zip(all) {
+        for (slot, (protocol, (first, last))) in out.ranges.iter_mut().zip(all) {
             *slot = PortRange {
                 first,
                 last,
@@ -207,18 +197,34 @@ impl PortSet {
                 reserved: 0,
             };
         }
-        Ok((out, needed as u32))
+        out.range_count = needed as u32;
+        Ok(out)
     }
 
-    /// Decodes the ranges of a kernel entry (unknown protocols are ignored).
-    pub fn from_kernel(ranges: &[PortRange]) -> Self {
-        let mut set = Self::default();
-        for r in ranges {
+    /// Decodes a kernel port set (unknown protocols are ignored).
+    pub fn from_kernel(set: &PortRanges) -> Self {
+        let used = (set.range_count as usize).min(MAX_RANGES);
+        let mut out = Self::default();
+        for r in &set.ranges[..used] {
             if let Some(p) = Protocol::from_kernel(r.proto) {
-                set.insert(p, r.first.min(r.last), r.last.max(r.first));
+                out.insert(p, r.first.min(r.last), r.last.max(r.first));
             }
         }
-        set
+        out
+    }
+}
+
+/// The id of a kernel port set: FNV-1a of its used ranges, never [`PortSetId::NONE`].
+pub fn port_set_id(set: &PortRanges) -> PortSetId {
+    let used = (set.range_count as usize).min(MAX_RANGES);
+    let bytes = set.ranges[..used].iter().flat_map(|r| {
+        let [f0, f1] = r.first.to_le_bytes();
+        let [l0, l1] = r.last.to_le_bytes();
+        [f0, f1, l0, l1, r.proto.0]
+    });
+    match crate::hash::fnv1a(bytes) {
+        0 => PortSetId(1),
+        h => PortSetId(h),
     }
 }
 
@@ -290,20 +296,59 @@ mod tests {
     }
 
     #[test]
-    fn kernel_round_trip_and_limit() {
+    fn subtract_handles_many_removals_and_edges() {
+        let mut r = ranges(&[(0, 10), (20, 30)]);
+        r.subtract(&ranges(&[(0, 0), (5, 5), (10, 21), (30, 30)]));
+        assert_eq!(r.0, vec![(1, 4), (6, 9), (22, 29)]);
+        let mut r = Ranges::all();
+        r.subtract(&ranges(&[(0, 0), (65535, 65535)]));
+        assert_eq!(r.0, vec![(1, 65534)]);
+        let mut r = Ranges::all();
+        r.subtract(&Ranges::all());
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn thousands_of_ports_build_quickly() {
+        let mut r = Ranges::default();
+        for p in (0..65535u16).step_by(2).rev() {
+            r.insert(p, p);
+        }
+        assert_eq!(r.0.len(), 32768);
+        let mut all = Ranges::all();
+        all.subtract(&r);
+        assert_eq!(all.0.len(), 32768);
+        assert!(all.0.iter().all(|&(a, b)| a == b && a % 2 == 1));
+    }
+
+    #[test]
+    fn kernel_round_trip_ids_and_limit() {
         let mut set = PortSet::default();
         set.insert(Protocol::Tcp, 443, 443);
         set.insert(Protocol::Udp, 53, 53);
         set.insert(Protocol::Tcp, 8000, 8010);
-        let (ranges, n) = set.to_kernel().unwrap();
-        assert_eq!(n, 3);
-        assert_eq!(PortSet::from_kernel(&ranges[..n as usize]), set);
+        let k = set.to_kernel().unwrap();
+        assert_eq!(k.range_count, 3);
+        assert_eq!(PortSet::from_kernel(&k), set);
         assert_eq!(set.to_string(), "443,8000-8010/TCP, 53/UDP");
+        let mut same = PortSet::default();
+        same.insert(Protocol::Tcp, 8000, 8010);
+        same.insert(Protocol::Udp, 53, 53);
+        same.insert(Protocol::Tcp, 443, 443);
+        assert_eq!(port_set_id(&same.to_kernel().unwrap()), port_set_id(&k));
+        let mut other = set.clone();
+        other.insert(Protocol::Udp, 54, 54);
+        assert_ne!(port_set_id(&other.to_kernel().unwrap()), port_set_id(&k));
 
         let mut big = PortSet::default();
-        for p in 0..17u16 {
+        for p in 0..=MAX_RANGES as u16 {
             big.insert(Protocol::Tcp, p * 10, p * 10);
         }
-        assert_eq!(big.to_kernel().unwrap_err(), TooManyRanges { needed: 17 });
+        assert_eq!(
+            big.to_kernel().unwrap_err(),
+            TooManyRanges {
+                needed: MAX_RANGES + 1
+            }
+        );
     }
 }

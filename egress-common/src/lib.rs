@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a key or value layout below changes. The agent pins maps under a
 /// directory named after it, so a new layout gets new maps instead of misreading old ones.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Program names (the Rust function names of the kernel entry points).
 pub mod programs {
@@ -21,8 +21,12 @@ pub mod programs {
     pub const CONNECT6: &str = "egress_connect6";
     pub const SENDMSG4: &str = "egress_sendmsg4";
     pub const SENDMSG6: &str = "egress_sendmsg6";
+    /// `cgroup_skb/egress`: the second line, judging the packets that actually leave.
+    pub const WIRE: &str = "egress_wire";
+    /// The `cgroup/sock_addr` programs.
+    pub const SOCK_ADDR: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
     /// Every program, in attach order.
-    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, WIRE];
 }
 
 /// Map names (the symbol names of the map statics in `egress-ebpf`).
@@ -35,6 +39,8 @@ pub mod maps {
     pub const CIDR_V4: &str = "EGRESS_CIDR_V4";
     /// IPv6 prefixes (LPM trie): `Key<[u8; 16]>` → [`crate::AllowEntry`].
     pub const CIDR_V6: &str = "EGRESS_CIDR_V6";
+    /// Port sets the entries refer to: [`crate::PortSetId`] → [`crate::PortRanges`].
+    pub const PORTS: &str = "EGRESS_PORTS";
     /// One [`crate::Config`] at index 0.
     pub const CONFIG: &str = "EGRESS_CONFIG";
     /// Per-CPU verdict counters, indexed by [`crate::Counter`].
@@ -43,11 +49,11 @@ pub mod maps {
     /// Only user space reads it; it lives in bpffs so it is pinned with the entries it explains.
     pub const SOURCES: &str = "EGRESS_SOURCES";
     /// Every map, for pinning and for the ELF symbol test.
-    pub const ALL: [&str; 7] = [
-        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, CONFIG, COUNTERS, SOURCES,
+    pub const ALL: [&str; 8] = [
+        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES,
     ];
     /// Maps whose capacity follows the agent's `--max-entries`.
-    pub const SIZED: [&str; 5] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, SOURCES];
+    pub const SIZED: [&str; 6] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, SOURCES];
 }
 
 /// Default capacity of each sized map.
@@ -73,35 +79,37 @@ pub struct PortRange {
     pub reserved: u8,
 }
 
-/// How many port ranges one address or prefix can carry. The kernel scans them linearly,
-/// so the bound also bounds the per-connect cost.
-pub const MAX_RANGES: usize = 16;
+/// How many port ranges one port set holds. The kernel scans them linearly (stopping at
+/// `range_count`), so the bound also bounds the per-connect cost.
+pub const MAX_RANGES: usize = 64;
 /// How many sources one entry remembers (the true count is kept in `source_count`).
 pub const MAX_SOURCES: usize = 8;
 
-/// The value of every allow map: what a destination may be reached on, and why.
-///
-/// The kernel reads only `range_count` and `ranges`: a destination that has an entry is
-/// allowed exactly on those (protocol, port range) pairs and denied on everything else.
-/// `expires_at` and `sources` are bookkeeping for the agent and the CLI, kept next to the
-/// verdict data so that one map update changes both at once.
+/// Identifies a [`PortRanges`] value in [`maps::PORTS`]: a 64-bit FNV-1a hash of its ranges,
+/// so equal sets share one value and a restarted agent finds the same ids.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortSetId(pub u64);
+
+impl PortSetId {
+    /// The empty set, never stored: an entry that refers to it allows no port at all (what an
+    /// entry whose ports cannot be represented gets, so that it fails closed).
+    pub const NONE: Self = Self(0);
+}
+
+/// The value of [`maps::PORTS`]: (protocol, port range) pairs, TCP first, each sorted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AllowEntry {
-    /// Unix seconds after which the agent removes the entry; 0 for entries that never expire.
-    pub expires_at: u64,
-    pub sources: [SourceId; MAX_SOURCES],
-    pub source_count: u32,
+pub struct PortRanges {
     pub range_count: u32,
+    pub reserved: u32,
     pub ranges: [PortRange; MAX_RANGES],
 }
 
-impl AllowEntry {
+impl PortRanges {
     pub const EMPTY: Self = Self {
-        expires_at: 0,
-        sources: [SourceId(0); MAX_SOURCES],
-        source_count: 0,
         range_count: 0,
+        reserved: 0,
         ranges: [PortRange {
             first: 0,
             last: 0,
@@ -135,6 +143,33 @@ impl AllowEntry {
             Counter::DENY_PROTOCOL
         }
     }
+}
+
+/// The value of every allow map: which port set a destination may be reached on, and why.
+///
+/// The kernel reads only `ports`: a destination that has an entry is allowed exactly on that
+/// set's (protocol, port range) pairs and denied on everything else. `expires_at` and
+/// `sources` are bookkeeping for the agent and the CLI, kept next to the verdict data so that
+/// one map update changes both at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowEntry {
+    /// Unix seconds after which the agent removes the entry; 0 for entries that never expire.
+    pub expires_at: u64,
+    pub ports: PortSetId,
+    pub source_count: u32,
+    pub reserved: u32,
+    pub sources: [SourceId; MAX_SOURCES],
+}
+
+impl AllowEntry {
+    pub const EMPTY: Self = Self {
+        expires_at: 0,
+        ports: PortSetId::NONE,
+        source_count: 0,
+        reserved: 0,
+        sources: [SourceId(0); MAX_SOURCES],
+    };
 }
 
 /// Key of [`maps::ALLOW_V4`]: an IPv4 address in network byte order.
@@ -204,7 +239,14 @@ impl Counter {
     pub const DENY_INTERNAL: Self = Self(6);
     /// Audit mode: would have been denied, allowed instead.
     pub const AUDIT_WOULD_DENY: Self = Self(7);
-    pub const COUNT: u32 = 8;
+    /// Wire check: a packet left for a destination other than the one its socket was judged
+    /// for (IPv6 routing header, IPv4 source route, raw or ICMP sockets, …), and no entry
+    /// allows that destination; dropped.
+    pub const WIRE_DROP: Self = Self(8);
+    /// Wire check: a packet for a loopback address was routed to a device other than
+    /// loopback (`SO_BINDTODEVICE`, `IP_UNICAST_IF`, `IP_PKTINFO`); dropped.
+    pub const WIRE_LOOPBACK: Self = Self(9);
+    pub const COUNT: u32 = 10;
 
     /// Whether the counter records an allowed connection.
     pub const fn is_allow(self) -> bool {
@@ -219,6 +261,8 @@ impl Counter {
         "deny_protocol",
         "deny_internal",
         "audit_would_deny",
+        "wire_drop",
+        "wire_loopback",
     ];
 }
 
@@ -279,7 +323,9 @@ pub struct SourceRecord {
 }
 
 const _: () = assert!(size_of::<PortRange>() == 6);
-const _: () = assert!(size_of::<AllowEntry>() == 176);
+const _: () = assert!(size_of::<PortRanges>() == 392);
+const _: () = assert!(size_of::<PortSetId>() == 8);
+const _: () = assert!(size_of::<AllowEntry>() == 88);
 const _: () = assert!(size_of::<V4Key>() == 4);
 const _: () = assert!(size_of::<V6Key>() == 16);
 const _: () = assert!(size_of::<Config>() == 8);
@@ -291,6 +337,8 @@ mod pod {
     // SAFETY: each type is `#[repr(C)]`/`#[repr(transparent)]`, `Copy`, made only of integers
     // and arrays of integers, and has no implicit padding (see the size assertions above).
     unsafe impl aya::Pod for super::AllowEntry {}
+    unsafe impl aya::Pod for super::PortRanges {}
+    unsafe impl aya::Pod for super::PortSetId {}
     unsafe impl aya::Pod for super::V4Key {}
     unsafe impl aya::Pod for super::V6Key {}
     unsafe impl aya::Pod for super::Config {}

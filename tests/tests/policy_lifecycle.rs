@@ -295,9 +295,9 @@ fn an_invalid_policy_at_start_up_fails_closed() {
     );
     assert_good_policy_enforced(&world);
 
-    // A file that parses but cannot be enforced (17 disjoint ports on one address, one more
-    // than an entry holds) is refused at start-up too, before any map is touched.
-    let ports: Vec<String> = (1..=17).map(|i| (i * 100).to_string()).collect();
+    // A file that parses but cannot be enforced (65 disjoint ports on one address, one more
+    // than a port set holds) is refused at start-up too, before any map is touched.
+    let ports: Vec<String> = (1..=65).map(|i| (i * 100).to_string()).collect();
     world.write_policy(&native(&format!(
         "  - name: too-many-ports\n    cidrs: [198.51.100.20]\n    ports: [{}]\n",
         ports.join(", ")
@@ -307,7 +307,7 @@ fn an_invalid_policy_at_start_up_fails_closed() {
     assert!(
         agent
             .log()
-            .contains("198.51.100.20 (rule too-many-ports) needs 17 port ranges"),
+            .contains("198.51.100.20 (rule too-many-ports) needs 65 port ranges"),
         "{}",
         agent.log()
     );

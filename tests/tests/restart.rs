@@ -168,7 +168,8 @@ fn a_restart_with_another_capacity_migrates_the_maps_without_a_window() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("maps-"))
         .collect();
-    assert_eq!(generations, vec!["maps-v1-4096".to_owned()]);
+    assert_eq!(generations.len(), 1, "{generations:?}");
+    assert!(generations[0].ends_with("-4096"), "{generations:?}");
     let maps = agent.maps_json();
     assert!(
         maps["entries"]

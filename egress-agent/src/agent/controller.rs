@@ -12,13 +12,15 @@ use tokio::{
 use super::{AgentConfig, AgentError, now, startup::PinLock, status, watch::PolicyWatcher};
 use crate::{
     bpf::PinnedMaps,
-    enforce::{EntryKey, Reconciler, compute},
+    enforce::{EntryKey, Reconciler, compute, desired::host_port_overflows},
     policy::{self, Hostname, Policy},
     resolve::{HostCache, Outcome, Upstream},
 };
 
 /// Resolutions in flight at once.
 const MAX_CONCURRENT_QUERIES: usize = 64;
+/// How soon a failed (or unfinished) reconciliation is tried again.
+const RECONCILE_RETRY: Duration = Duration::from_secs(2);
 
 pub struct Controller {
     config: AgentConfig,
@@ -37,6 +39,9 @@ pub struct Controller {
     last_tried: String,
     /// The pin directory's lock, held while the agent runs.
     lock: Option<PinLock>,
+    /// The maps need another reconciliation soon: the last one failed, or port sets wait
+    /// for removal.
+    retry_reconcile: bool,
 }
 
 impl Controller {
@@ -66,6 +71,7 @@ impl Controller {
             queries: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
             status,
             lock: None,
+            retry_reconcile: false,
         };
         c.record_applied_policy();
         c
@@ -105,12 +111,15 @@ impl Controller {
         })?;
         tokio::pin!(shutdown);
         loop {
-            let wait = self
+            let mut wait = self
                 .cache
                 .next_deadline()
                 .map_or(Duration::from_secs(3600), |t| {
                     Duration::from_secs(t.saturating_sub(now()))
                 });
+            if self.retry_reconcile {
+                wait = wait.min(RECONCILE_RETRY);
+            }
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = hangup.recv() => {
@@ -123,12 +132,12 @@ impl Controller {
                     while let Ok((host, outcome)) = self.results.try_recv() {
                         self.on_resolved(host, outcome);
                     }
-                    self.reconcile();
+                    let _ = self.reconcile();
                 }
                 () = tokio::time::sleep(wait) => {
                     self.spawn_due();
-                    if self.cache.prune(now()) {
-                        self.reconcile();
+                    if self.cache.prune(now()) || self.retry_reconcile {
+                        let _ = self.reconcile();
                     }
                 }
             }
@@ -223,33 +232,45 @@ impl Controller {
         }
     }
 
-    /// Computes the desired maps and writes the difference. Errors are logged and kept in the
-    /// status; the maps keep what they had.
-    fn reconcile(&mut self) {
-        if let Err(e) = self.try_reconcile() {
-            tracing::error!(error = %e, "failed to update the maps; they keep their previous content");
-            self.status.problems = vec![e.to_string()];
+    /// Computes the desired maps and writes the difference. An error is logged and kept in
+    /// the status (what could be written was, removals included) and returned; the loop
+    /// tries again shortly.
+    fn reconcile(&mut self) -> Result<(), String> {
+        let result = self.try_reconcile().map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "failed to update the maps fully; retrying shortly");
+            self.status.problems = vec![e.clone()];
             self.write_status();
         }
+        self.retry_reconcile = result.is_err() || self.reconciler.retiring();
+        result
     }
 
     /// As [`Self::reconcile`], but the error is returned (start-up).
     pub(super) fn reconcile_or_fail(&mut self) -> Result<(), AgentError> {
-        self.try_reconcile()
+        self.try_reconcile()?;
+        self.retry_reconcile = self.reconciler.retiring();
+        Ok(())
     }
 
     fn try_reconcile(&mut self) -> Result<(), AgentError> {
         let desired = compute(&self.policy, &self.cache, &self.upstream_ips, now());
         let mut problems = Vec::new();
-        for (key, err, sources) in &desired.omitted {
+        for (key, err, sources) in &desired.closed {
             let msg = format!(
-                "{key} ({}) {err}; it is left to the default action",
+                "{key} ({}) {err}; it is denied on every port until the policy fits",
                 sources.join(", ")
             );
             tracing::error!("{msg}");
             problems.push(msg);
         }
-        let applied = self.reconciler.apply(&desired)?;
+        let applied = match self.reconciler.apply(&desired) {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.count_entries();
+                return Err(e.into());
+            }
+        };
         if applied != Default::default() {
             tracing::debug!(
                 added = applied.added,
@@ -301,13 +322,18 @@ impl Controller {
         self.policy = new_policy;
         self.digest = new_digest;
         self.resolve_due_and_wait().await;
-        self.reconcile();
-        self.status.reloads_ok += 1;
+        let applied = self.reconcile();
+        match &applied {
+            Ok(()) => self.status.reloads_ok += 1,
+            Err(_) => self.status.reloads_failed += 1,
+        }
         self.status.last_reload = Some(status::Reload {
             at,
-            ok: true,
+            ok: applied.is_ok(),
             digest: self.digest.clone(),
-            error: None,
+            error: applied.err().map(|e| {
+                format!("the policy is in force, but the maps could not be fully updated: {e}")
+            }),
         });
         self.record_applied_policy();
         self.write_status();
@@ -319,8 +345,11 @@ impl Controller {
     /// touched. What names will resolve to is checked when it is known.
     pub(super) fn fits(&self, policy: &Policy, at: u64) -> Result<(), String> {
         let probe = compute(policy, &HostCache::default(), &self.upstream_ips, at);
-        if let Some((key, err, sources)) = probe.omitted.first() {
+        if let Some((key, err, sources)) = probe.closed.first() {
             return Err(format!("{key} ({}) {err}", sources.join(", ")));
+        }
+        if let Some((host, err)) = host_port_overflows(policy).first() {
+            return Err(format!("{host} {err}"));
         }
         self.reconciler.preflight(&probe).map_err(|e| e.to_string())
     }

@@ -5,9 +5,13 @@ use std::{fs::File, io, os::fd::AsFd as _, path::PathBuf};
 use aya::{
     EbpfLoader,
     maps::MapInfo,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, ProgramFd, links::FdLink,
+    },
 };
-use egress_common::{AllowEntry, Config, SourceId, SourceRecord, V4Key, V6Key, maps, programs};
+use egress_common::{
+    AllowEntry, Config, PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, maps, programs,
+};
 
 use super::{
     fs::Cgroup,
@@ -66,6 +70,7 @@ fn expected_layout(name: &str) -> (usize, usize, bool) {
         maps::ALLOW_V6 => (size_of::<V6Key>(), size_of::<AllowEntry>(), true),
         maps::CIDR_V4 => (4 + 4, size_of::<AllowEntry>(), true),
         maps::CIDR_V6 => (4 + 16, size_of::<AllowEntry>(), true),
+        maps::PORTS => (size_of::<PortSetId>(), size_of::<PortRanges>(), true),
         maps::CONFIG => (4, size_of::<Config>(), false),
         maps::COUNTERS => (4, size_of::<u64>(), false),
         maps::SOURCES => (size_of::<SourceId>(), size_of::<SourceRecord>(), true),
@@ -135,17 +140,12 @@ pub fn load(pins: &Pins, max_entries: u32) -> Result<(Loaded, PinnedMaps), LoadE
     }
     let mut ebpf = loader.load(object::OBJECT)?;
     for name in programs::ALL {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::Program {
-                name,
-                source: ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| LoadError::Program { name, source })?;
+        let loaded = match ebpf.program_mut(name) {
+            Some(Program::CgroupSockAddr(p)) => p.load(),
+            Some(Program::CgroupSkb(p)) => p.load(),
+            _ => Err(ProgramError::UnexpectedProgramType),
+        };
+        loaded.map_err(|source| LoadError::Program { name, source })?;
     }
     let maps = PinnedMaps::from_maps(|name| ebpf.take_map(name), max_entries)?;
     Ok((Loaded { ebpf, generation }, maps))
@@ -180,15 +180,11 @@ impl Loaded {
         })?;
         let mut report = Vec::new();
         for name in programs::ALL {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .expect("loaded in load()");
+            let program = self.ebpf.program_mut(name).expect("loaded in load()");
             let path = pins.link_path(cgroup.id, name);
             if path.exists() {
                 let swapped = sys::obj_get(&path).and_then(|link| {
-                    let prog_fd = program.fd().map_err(io::Error::other)?;
+                    let prog_fd = program_fd(program).map_err(io::Error::other)?;
                     sys::link_update(link.as_fd(), prog_fd.as_fd())
                 });
                 match swapped {
@@ -208,16 +204,35 @@ impl Loaded {
                 path: cgroup.path.clone(),
                 source,
             };
-            let id = program
-                .attach(&cgroup_file, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-            let link = program.take_link(id).map_err(attach_err)?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| AttachError::Pin {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let pin_err = |e: aya::programs::links::LinkError| AttachError::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            };
+            let link: FdLink = match program {
+                Program::CgroupSockAddr(p) => {
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    p.take_link(id)
+                        .map_err(attach_err)?
+                        .try_into()
+                        .map_err(pin_err)?
+                }
+                Program::CgroupSkb(p) => {
+                    let id = p
+                        .attach(
+                            &cgroup_file,
+                            CgroupSkbAttachType::Egress,
+                            CgroupAttachMode::Single,
+                        )
+                        .map_err(attach_err)?;
+                    p.take_link(id)
+                        .map_err(attach_err)?
+                        .try_into()
+                        .map_err(pin_err)?
+                }
+                _ => return Err(attach_err(ProgramError::UnexpectedProgramType)),
+            };
             link.pin(&path).map_err(|e| AttachError::Pin {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -234,5 +249,14 @@ impl Loaded {
             }
         }
         Ok(report)
+    }
+}
+
+/// The fd of one of the agent's programs (both kinds it loads).
+fn program_fd(program: &Program) -> Result<&ProgramFd, ProgramError> {
+    match program {
+        Program::CgroupSockAddr(p) => p.fd(),
+        Program::CgroupSkb(p) => p.fd(),
+        _ => Err(ProgramError::UnexpectedProgramType),
     }
 }

@@ -10,7 +10,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     sys::SyscallError,
 };
-use egress_common::{AllowEntry, Config, Counter, SourceId, SourceRecord, V4Key, V6Key, maps};
+use egress_common::{
+    AllowEntry, Config, Counter, PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, maps,
+};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::pins::Generation;
@@ -22,6 +24,7 @@ pub struct PinnedMaps {
     allow_v6: HashMap<MapData, V6Key, AllowEntry>,
     cidr_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
     cidr_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    ports: HashMap<MapData, PortSetId, PortRanges>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     sources: HashMap<MapData, SourceId, SourceRecord>,
@@ -57,6 +60,7 @@ impl PinnedMaps {
             allow_v6: typed(&mut take, maps::ALLOW_V6)?,
             cidr_v4: typed(&mut take, maps::CIDR_V4)?,
             cidr_v6: typed(&mut take, maps::CIDR_V6)?,
+            ports: typed(&mut take, maps::PORTS)?,
             config: typed(&mut take, maps::CONFIG)?,
             counters: typed(&mut take, maps::COUNTERS)?,
             sources: typed(&mut take, maps::SOURCES)?,
@@ -102,17 +106,17 @@ fn syscall(op: &'static str, map: &'static str, key: String, e: MapError) -> Sto
 }
 
 /// A failed insert: a full map is reported as such (hash maps say E2BIG, tries ENOSPC).
-fn insert_error(map: &'static str, key: &EntryKey, capacity: u32, e: MapError) -> StoreError {
+fn insert_error(map: &'static str, key: String, capacity: u32, e: MapError) -> StoreError {
     if let MapError::SyscallError(SyscallError { io_error, .. }) = &e
         && matches!(io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC))
     {
         return StoreError::Full { map, capacity };
     }
-    syscall("insert", map, key.to_string(), e)
+    syscall("insert", map, key, e)
 }
 
 /// A removal of a key that is already gone is not an error.
-fn removed(map: &'static str, key: &EntryKey, r: Result<(), MapError>) -> Result<(), StoreError> {
+fn removed(map: &'static str, key: String, r: Result<(), MapError>) -> Result<(), StoreError> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(SyscallError { io_error, .. }))
@@ -120,7 +124,7 @@ fn removed(map: &'static str, key: &EntryKey, r: Result<(), MapError>) -> Result
         {
             Ok(())
         }
-        Err(e) => Err(syscall("remove", map, key.to_string(), e)),
+        Err(e) => Err(syscall("remove", map, key, e)),
     }
 }
 
@@ -187,7 +191,7 @@ impl MapStore for PinnedMaps {
                 0,
             ),
         };
-        r.map_err(|e| insert_error(map, key, cap, e))
+        r.map_err(|e| insert_error(map, key.to_string(), cap, e))
     }
 
     fn remove_entry(&mut self, key: &EntryKey) -> Result<(), StoreError> {
@@ -202,34 +206,40 @@ impl MapStore for PinnedMaps {
                 .cidr_v6
                 .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
         };
-        removed(map, key, r)
+        removed(map, key.to_string(), r)
+    }
+
+    fn read_ports(&self) -> Result<BTreeMap<PortSetId, PortRanges>, StoreError> {
+        self.ports
+            .iter()
+            .map(|item| item.map_err(|e| syscall("read", maps::PORTS, String::new(), e)))
+            .collect()
+    }
+
+    fn put_ports(&mut self, id: PortSetId, set: &PortRanges) -> Result<(), StoreError> {
+        let cap = self.max_entries;
+        self.ports
+            .insert(id, set, 0)
+            .map_err(|e| insert_error(maps::PORTS, format!("{:x}", id.0), cap, e))
+    }
+
+    fn remove_ports(&mut self, id: PortSetId) -> Result<(), StoreError> {
+        removed(maps::PORTS, format!("{:x}", id.0), self.ports.remove(&id))
     }
 
     fn put_source(&mut self, id: SourceId, record: &SourceRecord) -> Result<(), StoreError> {
         let cap = self.max_entries;
-        self.sources.insert(id, record, 0).map_err(|e| {
-            if let MapError::SyscallError(SyscallError { io_error, .. }) = &e
-                && io_error.raw_os_error() == Some(libc::E2BIG)
-            {
-                return StoreError::Full {
-                    map: maps::SOURCES,
-                    capacity: cap,
-                };
-            }
-            syscall("insert", maps::SOURCES, format!("{:x}", id.0), e)
-        })
+        self.sources
+            .insert(id, record, 0)
+            .map_err(|e| insert_error(maps::SOURCES, format!("{:x}", id.0), cap, e))
     }
 
     fn remove_source(&mut self, id: SourceId) -> Result<(), StoreError> {
-        match self.sources.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(syscall("remove", maps::SOURCES, format!("{:x}", id.0), e)),
-        }
+        removed(
+            maps::SOURCES,
+            format!("{:x}", id.0),
+            self.sources.remove(&id),
+        )
     }
 
     fn put_config(&mut self, config: &Config) -> Result<(), StoreError> {

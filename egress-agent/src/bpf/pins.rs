@@ -165,7 +165,8 @@ mod tests {
     fn generations_are_parsed_from_directory_names() {
         let root = std::env::temp_dir().join(format!("egress-pins-{}", std::process::id()));
         let pins = Pins::new(&root);
-        for d in ["maps-v1-65536", "maps-v2-1024", "links", "other"] {
+        let current = format!("maps-v{LAYOUT_VERSION}-65536");
+        for d in ["maps-v1-1024", &current, "links", "other"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::create_dir_all(pins.links_dir(42)).unwrap();
@@ -175,8 +176,9 @@ mod tests {
             gens.iter()
                 .map(|g| (g.layout, g.max_entries))
                 .collect::<Vec<_>>(),
-            vec![(1, 65536), (2, 1024)]
+            vec![(1, 1024), (LAYOUT_VERSION, 65536)]
         );
-        assert_eq!(pins.generation(65536), gens[0]);
+        assert!(!gens[0].readable());
+        assert_eq!(pins.generation(65536), gens[1]);
     }
 }

@@ -5,7 +5,6 @@ use std::{path::PathBuf, process::ExitCode};
 use egress_agent::{
     enforce::{self, source::label},
     policy::{self, DnsResolver},
-    ports::PortSet,
     resolve::HostCache,
 };
 
@@ -29,8 +28,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &[],
         egress_agent::agent::now(),
     );
-    if let Some((key, err, sources)) = desired.omitted.first() {
+    // What the agent would refuse too (the map capacity aside, which --max-entries sets).
+    if let Some((key, err, sources)) = desired.closed.first() {
         anyhow::bail!("{}: {key} ({}) {err}", path.display(), sources.join(", "));
+    }
+    if let Some((host, err)) = enforce::desired::host_port_overflows(&policy).first() {
+        anyhow::bail!("{}: {host} {err}", path.display());
     }
     let resolvers: Vec<String> = policy
         .dns_resolvers
@@ -60,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(k, e)| {
                 serde_json::json!({
                     "destination": k.to_string(),
-                    "ports": PortSet::from_kernel(&e.ranges[..e.range_count as usize]).to_string(),
+                    "ports": desired.ports_of(e).to_string(),
                     "sources": e.sources[..(e.source_count as usize).min(e.sources.len())]
                         .iter()
                         .filter_map(|id| desired.sources.get(id).map(label))
@@ -124,8 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !desired.entries.is_empty() {
         println!("entries from literal addresses:");
         for (key, entry) in &desired.entries {
-            let ports = PortSet::from_kernel(&entry.ranges[..entry.range_count as usize]);
-            println!("  {:<24} {ports}", key.to_string());
+            println!("  {:<24} {}", key.to_string(), desired.ports_of(entry));
         }
     }
     for note in &policy.notes {

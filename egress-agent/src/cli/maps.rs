@@ -62,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("failed to open the maps in {}", generation.dir.display()))?;
     let config = maps.read_config()?;
     let entries = maps.read_entries()?;
+    let port_sets = maps.read_ports()?;
     let sources = maps.read_sources()?;
     let counters = maps.counters()?;
     let links = pins.link_files();
@@ -85,8 +86,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|(k, _)| wanted(k.is_v6()))
         .map(|(key, e)| {
-            let ports =
-                PortSet::from_kernel(&e.ranges[..(e.range_count as usize).min(e.ranges.len())]);
+            let ports = port_sets
+                .get(&e.ports)
+                .map(PortSet::from_kernel)
+                .unwrap_or_default();
             let held = (e.source_count as usize).min(e.sources.len());
             let mut names: Vec<String> = e.sources[..held]
                 .iter()

@@ -9,8 +9,8 @@
 //!   exact-address map first and the longest matching prefix next, and stops at the first
 //!   hit.
 //!
-//! A destination with an entry is allowed on exactly the entry's ranges; one without an entry
-//! gets the default action.
+//! A destination with an entry is allowed on exactly the ports of the entry's port set; one
+//! without an entry gets the default action.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -18,8 +18,8 @@ use std::{
 };
 
 use egress_common::{
-    AllowEntry, Config, DefaultAction, MAX_SOURCES, ResolveStatus, SourceId, SourceKind,
-    SourceRecord,
+    AllowEntry, Config, DefaultAction, MAX_SOURCES, PortRanges, PortSetId, ResolveStatus, SourceId,
+    SourceKind, SourceRecord,
 };
 use ipnet::IpNet;
 
@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     policy::{Action, DnsResolver, Mode, Policy},
-    ports::{PortSet, Protocol, TooManyRanges},
+    ports::{PortSet, Protocol, TooManyRanges, port_set_id},
     resolve::HostCache,
 };
 
@@ -37,11 +37,24 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub entries: BTreeMap<EntryKey, AllowEntry>,
+    /// The port sets the entries refer to.
+    pub ports: BTreeMap<PortSetId, PortRanges>,
     pub sources: BTreeMap<SourceId, SourceRecord>,
     pub config: Config,
-    /// Destinations left out because they need more port ranges than an entry holds; they
-    /// fall back to the default action.
-    pub omitted: Vec<(EntryKey, TooManyRanges, Vec<String>)>,
+    /// Destinations whose ports need more ranges than a port set holds, with the labels of
+    /// their sources. They get an entry that allows no port at all: failing closed, never
+    /// falling back to the default action or to a wider prefix.
+    pub closed: Vec<(EntryKey, TooManyRanges, Vec<String>)>,
+}
+
+impl Desired {
+    /// The ports an entry allows (none for [`PortSetId::NONE`] or an unknown id).
+    pub fn ports_of(&self, entry: &AllowEntry) -> PortSet {
+        self.ports
+            .get(&entry.ports)
+            .map(PortSet::from_kernel)
+            .unwrap_or_default()
+    }
 }
 
 /// What rules contribute to one destination.
@@ -78,6 +91,17 @@ impl Contribution {
         });
     }
 
+    /// What the destination may be reached on: the allowed ports (every port under a
+    /// default action of allow) without the denied ones.
+    fn ports(&self, default_action: Action) -> PortSet {
+        let mut ports = match default_action {
+            Action::Allow => PortSet::all(),
+            Action::Deny => self.allow.clone(),
+        };
+        ports.subtract(&self.deny);
+        ports
+    }
+
     /// Takes the ports of a covering prefix, and its sources: they explain the verdict too
     /// (`maps` and `explain` name every rule that shaped an entry). Its expiry is not taken:
     /// prefixes never expire, and an address's entry lives as long as its own sources say.
@@ -87,6 +111,24 @@ impl Contribution {
         self.sources.extend(covering.sources.iter().copied());
         self.labels.extend(covering.labels.iter().cloned());
     }
+}
+
+/// Hostnames whose own rules already need more port ranges than a port set holds, whatever
+/// they resolve to (checked before a policy is applied; covering prefixes can only add to
+/// this, and are judged per address when the addresses are known).
+pub fn host_port_overflows(policy: &Policy) -> Vec<(String, TooManyRanges)> {
+    policy
+        .hosts()
+        .into_iter()
+        .filter_map(|(host, rules)| {
+            let mut c = Contribution::default();
+            for rule in &rules {
+                c.add(rule.action, &rule.ports, SourceId(0), "", 0);
+            }
+            let err = c.ports(policy.default_action).to_kernel().err()?;
+            Some((host.to_string(), err))
+        })
+        .collect()
 }
 
 /// Computes the maps' intended content at `now`. `upstream` are the agent's own DNS servers,
@@ -222,33 +264,32 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
         ..Desired::default()
     };
     for (key, c) in exact.into_iter().chain(prefixes) {
-        let mut ports = match policy.default_action {
-            Action::Allow => PortSet::all(),
-            Action::Deny => c.allow.clone(),
+        let ports = c.ports(policy.default_action);
+        let mut entry = AllowEntry {
+            expires_at: c.expires_at.unwrap_or(0),
+            source_count: c.sources.len() as u32,
+            ..AllowEntry::EMPTY
         };
-        ports.subtract(&c.deny);
+        for (slot, id) in entry
+            .sources
+            .iter_mut()
+            .zip(c.sources.iter().take(MAX_SOURCES))
+        {
+            *slot = *id;
+        }
         match ports.to_kernel() {
-            Ok((ranges, range_count)) => {
-                let mut entry = AllowEntry {
-                    expires_at: c.expires_at.unwrap_or(0),
-                    range_count,
-                    ranges,
-                    source_count: c.sources.len() as u32,
-                    ..AllowEntry::EMPTY
-                };
-                for (slot, id) in entry
-                    .sources
-                    .iter_mut()
-                    .zip(c.sources.iter().take(MAX_SOURCES))
-                {
-                    *slot = *id;
-                }
-                desired.entries.insert(key, entry);
+            // Nothing left (a deny rule took every port): no set to look up.
+            Ok(set) if set.range_count == 0 => {}
+            Ok(set) => {
+                let id = port_set_id(&set);
+                desired.ports.insert(id, set);
+                entry.ports = id;
             }
             Err(e) => desired
-                .omitted
+                .closed
                 .push((key, e, c.labels.into_iter().collect())),
         }
+        desired.entries.insert(key, entry);
     }
     desired
 }

@@ -2,17 +2,26 @@
 //!
 //! One [`Reconciler`] owns the maps (through a [`MapStore`]) and a mirror of their content,
 //! so a reconciliation only writes differences. Order of writes:
-//! 1. sources, then entries that are new or changed — an update replaces a value in one
-//!    step, so a destination present before and after is never missing in between;
+//! 1. sources and port sets, then entries that are new or changed — an update replaces a
+//!    value in one step, so a destination present before and after is never missing in
+//!    between, and an entry is written only once the port set it refers to is there;
 //! 2. the configuration (mode, default action);
-//! 3. removals of entries, then of sources, no longer wanted.
+//! 3. removals of entries, then of sources, no longer wanted; port sets no entry refers to
+//!    are removed a little later (a program that read an entry a moment before its update
+//!    may still look up the set the old value named).
 //!
 //! Adding before removing means that during a reload a destination is allowed by the old
 //! policy, the new one, or both — never by neither, and never by something neither allows.
+//! A write that fails does not stop the removals: what the policy no longer allows goes even
+//! when something new could not be added (the error is returned, and the next
+//! reconciliation tries again).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
-use egress_common::{AllowEntry, Config, SourceId, SourceRecord, maps};
+use egress_common::{AllowEntry, Config, PortRanges, PortSetId, SourceId, SourceRecord, maps};
 
 use super::{Desired, EntryKey};
 
@@ -59,10 +68,13 @@ fn describe(needs: &[(&'static str, usize)]) -> String {
 pub trait MapStore {
     fn capacity(&self) -> Capacity;
     fn read_entries(&self) -> Result<BTreeMap<EntryKey, AllowEntry>, StoreError>;
+    fn read_ports(&self) -> Result<BTreeMap<PortSetId, PortRanges>, StoreError>;
     fn read_sources(&self) -> Result<BTreeMap<SourceId, SourceRecord>, StoreError>;
     fn read_config(&self) -> Result<Config, StoreError>;
     fn put_entry(&mut self, key: &EntryKey, value: &AllowEntry) -> Result<(), StoreError>;
     fn remove_entry(&mut self, key: &EntryKey) -> Result<(), StoreError>;
+    fn put_ports(&mut self, id: PortSetId, set: &PortRanges) -> Result<(), StoreError>;
+    fn remove_ports(&mut self, id: PortSetId) -> Result<(), StoreError>;
     fn put_source(&mut self, id: SourceId, record: &SourceRecord) -> Result<(), StoreError>;
     fn remove_source(&mut self, id: SourceId) -> Result<(), StoreError>;
     fn put_config(&mut self, config: &Config) -> Result<(), StoreError>;
@@ -94,11 +106,19 @@ pub struct Applied {
     pub removed: usize,
 }
 
+/// How long a port set no entry refers to is kept before it is removed: far longer than any
+/// program run, which is all the time a reader of an old entry value needs.
+pub const PORT_SET_RETIREMENT: Duration = Duration::from_secs(2);
+
 pub struct Reconciler<S> {
     store: S,
     entries: BTreeMap<EntryKey, AllowEntry>,
+    ports: BTreeMap<PortSetId, PortRanges>,
     sources: BTreeMap<SourceId, SourceRecord>,
     config: Config,
+    /// Port sets no entry refers to, and since when.
+    retired: BTreeMap<PortSetId, Instant>,
+    retirement: Duration,
 }
 
 impl<S: MapStore> Reconciler<S> {
@@ -106,14 +126,27 @@ impl<S: MapStore> Reconciler<S> {
     pub fn new(store: S) -> Result<Self, StoreError> {
         Ok(Self {
             entries: store.read_entries()?,
+            ports: store.read_ports()?,
             sources: store.read_sources()?,
             config: store.read_config()?,
             store,
+            retired: BTreeMap::new(),
+            retirement: PORT_SET_RETIREMENT,
         })
+    }
+
+    /// Sets how long unreferenced port sets are kept (tests use zero).
+    pub fn with_retirement(mut self, retirement: Duration) -> Self {
+        self.retirement = retirement;
+        self
     }
 
     pub fn entries(&self) -> &BTreeMap<EntryKey, AllowEntry> {
         &self.entries
+    }
+
+    pub fn ports(&self) -> &BTreeMap<PortSetId, PortRanges> {
+        &self.ports
     }
 
     pub fn sources(&self) -> &BTreeMap<SourceId, SourceRecord> {
@@ -135,6 +168,7 @@ impl<S: MapStore> Reconciler<S> {
         for key in desired.entries.keys() {
             *counts.entry(map_of(key)).or_default() += 1;
         }
+        counts.insert(maps::PORTS, desired.ports.len());
         counts.insert(maps::SOURCES, desired.sources.len());
         let needs: Vec<_> = counts
             .into_iter()
@@ -147,31 +181,54 @@ impl<S: MapStore> Reconciler<S> {
         }
     }
 
-    /// Writes the difference between the maps and `desired`.
+    /// Writes the difference between the maps and `desired`. On a failed write the rest is
+    /// still done, removals included, and the first error is returned; the mirror always
+    /// matches what the maps hold.
     pub fn apply(&mut self, desired: &Desired) -> Result<Applied, ReconcileError> {
         self.preflight(desired)?;
+        let mut failure: Option<StoreError> = None;
+        let mut note = |r: Result<(), StoreError>| match r {
+            Ok(()) => true,
+            Err(e) => {
+                failure.get_or_insert(e);
+                false
+            }
+        };
+        let r = self.make_room(desired);
+        note(r);
         let mut applied = Applied::default();
-        self.make_room(desired)?;
 
         for (id, record) in &desired.sources {
-            if self.sources.get(id) != Some(record) {
-                self.store.put_source(*id, record)?;
+            if self.sources.get(id) != Some(record) && note(self.store.put_source(*id, record)) {
                 self.sources.insert(*id, *record);
             }
         }
-        for (key, entry) in &desired.entries {
-            match self.entries.get(key) {
-                Some(current) if current == entry => continue,
-                Some(_) => applied.changed += 1,
-                None => applied.added += 1,
+        for (id, set) in &desired.ports {
+            // A set's id is derived from its content: present means identical.
+            if !self.ports.contains_key(id) && note(self.store.put_ports(*id, set)) {
+                self.ports.insert(*id, *set);
             }
-            self.store.put_entry(key, entry)?;
-            self.entries.insert(*key, *entry);
         }
-        if self.config != desired.config {
-            self.store.put_config(&desired.config)?;
+        for (key, entry) in &desired.entries {
+            let current = self.entries.get(key);
+            if current == Some(entry) {
+                continue;
+            }
+            if entry.ports != PortSetId::NONE && !self.ports.contains_key(&entry.ports) {
+                continue; // its port set could not be written; the failure is noted
+            }
+            if note(self.store.put_entry(key, entry)) {
+                match current {
+                    Some(_) => applied.changed += 1,
+                    None => applied.added += 1,
+                }
+                self.entries.insert(*key, *entry);
+            }
+        }
+        if self.config != desired.config && note(self.store.put_config(&desired.config)) {
             self.config = desired.config;
         }
+
         let stale: Vec<EntryKey> = self
             .entries
             .keys()
@@ -179,9 +236,10 @@ impl<S: MapStore> Reconciler<S> {
             .copied()
             .collect();
         for key in stale {
-            self.store.remove_entry(&key)?;
-            self.entries.remove(&key);
-            applied.removed += 1;
+            if note(self.store.remove_entry(&key)) {
+                self.entries.remove(&key);
+                applied.removed += 1;
+            }
         }
         let stale: Vec<SourceId> = self
             .sources
@@ -190,15 +248,53 @@ impl<S: MapStore> Reconciler<S> {
             .copied()
             .collect();
         for id in stale {
-            self.store.remove_source(id)?;
-            self.sources.remove(&id);
+            if note(self.store.remove_source(id)) {
+                self.sources.remove(&id);
+            }
         }
-        Ok(applied)
+        let r = self.retire_port_sets(Instant::now());
+        note(r);
+        match failure {
+            None => Ok(applied),
+            Some(e) => Err(e.into()),
+        }
     }
 
-    /// Adding before removing needs room for both the old and the new entries of a map. When
-    /// a map has no such room, its stale entries go first: they are denied from then on, as
-    /// they would be a moment later anyway.
+    /// Port sets no entry in the maps refers to: retired now, removed once retired long
+    /// enough.
+    fn retire_port_sets(&mut self, now: Instant) -> Result<(), StoreError> {
+        let referenced: BTreeSet<PortSetId> = self.entries.values().map(|e| e.ports).collect();
+        self.retired.retain(|id, _| !referenced.contains(id));
+        let unreferenced: Vec<PortSetId> = self
+            .ports
+            .keys()
+            .filter(|id| !referenced.contains(id))
+            .copied()
+            .collect();
+        let mut result = Ok(());
+        for id in unreferenced {
+            let since = *self.retired.entry(id).or_insert(now);
+            if now.duration_since(since) >= self.retirement {
+                match self.store.remove_ports(id) {
+                    Ok(()) => {
+                        self.ports.remove(&id);
+                        self.retired.remove(&id);
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        result
+    }
+
+    /// Whether port sets wait for removal (the agent reconciles again once they are due).
+    pub fn retiring(&self) -> bool {
+        !self.retired.is_empty()
+    }
+
+    /// Adding before removing needs room for both the old and the new content of a map.
+    /// When a map has no such room, what is stale in it goes first: it is denied from then
+    /// on, as it would be a moment later anyway.
     fn make_room(&mut self, desired: &Desired) -> Result<(), StoreError> {
         let capacity = self.store.capacity().max_entries as usize;
         for map in [maps::ALLOW_V4, maps::ALLOW_V6, maps::CIDR_V4, maps::CIDR_V6] {
@@ -230,6 +326,63 @@ impl<S: MapStore> Reconciler<S> {
                 self.entries.remove(&key);
             }
         }
+        let new_sources = desired
+            .sources
+            .keys()
+            .filter(|k| !self.sources.contains_key(*k))
+            .count();
+        if self.sources.len() + new_sources > capacity {
+            let stale: Vec<SourceId> = self
+                .sources
+                .keys()
+                .filter(|k| !desired.sources.contains_key(*k))
+                .copied()
+                .collect();
+            tracing::warn!(
+                map = maps::SOURCES,
+                stale = stale.len(),
+                "map too full to add before removing; removing stale sources first"
+            );
+            for id in stale {
+                self.store.remove_source(id)?;
+                self.sources.remove(&id);
+            }
+        }
+        let new_ports = desired
+            .ports
+            .keys()
+            .filter(|k| !self.ports.contains_key(*k))
+            .count();
+        if self.ports.len() + new_ports > capacity {
+            // Sets only stale entries refer to go with those entries.
+            let stale: Vec<EntryKey> = self
+                .entries
+                .keys()
+                .filter(|k| !desired.entries.contains_key(*k))
+                .copied()
+                .collect();
+            for key in stale {
+                self.store.remove_entry(&key)?;
+                self.entries.remove(&key);
+            }
+            let referenced: BTreeSet<PortSetId> = self.entries.values().map(|e| e.ports).collect();
+            let unused: Vec<PortSetId> = self
+                .ports
+                .keys()
+                .filter(|id| !referenced.contains(id) && !desired.ports.contains_key(*id))
+                .copied()
+                .collect();
+            tracing::warn!(
+                map = maps::PORTS,
+                stale = unused.len(),
+                "map too full to add before removing; removing unused port sets first"
+            );
+            for id in unused {
+                self.store.remove_ports(id)?;
+                self.ports.remove(&id);
+                self.retired.remove(&id);
+            }
+        }
         Ok(())
     }
 }
@@ -239,12 +392,14 @@ impl<S: MapStore> Reconciler<S> {
 pub struct MemoryStore {
     pub max_entries: u32,
     pub entries: BTreeMap<EntryKey, AllowEntry>,
+    pub ports: BTreeMap<PortSetId, PortRanges>,
     pub sources: BTreeMap<SourceId, SourceRecord>,
     pub config: Config,
     /// Every write, in order: `put <key>`, `remove <key>`, `config`, `put-source`…
     pub log: Vec<String>,
-    /// Fail the n-th write (0-based) and every later one, to test partial failures.
-    pub fail_from: Option<usize>,
+    /// Fail the first write logged as this (`put 192.0.2.2`…), once, to test partial
+    /// failures.
+    pub fail_on: Option<String>,
 }
 
 impl MemoryStore {
@@ -256,7 +411,8 @@ impl MemoryStore {
     }
 
     fn write(&mut self, what: String) -> Result<(), StoreError> {
-        if self.fail_from.is_some_and(|n| self.log.len() >= n) {
+        if self.fail_on.as_deref() == Some(what.as_str()) {
+            self.fail_on = None;
             return Err(StoreError::Syscall {
                 op: "write",
                 map: "memory",
@@ -277,6 +433,9 @@ impl MapStore for MemoryStore {
     }
     fn read_entries(&self) -> Result<BTreeMap<EntryKey, AllowEntry>, StoreError> {
         Ok(self.entries.clone())
+    }
+    fn read_ports(&self) -> Result<BTreeMap<PortSetId, PortRanges>, StoreError> {
+        Ok(self.ports.clone())
     }
     fn read_sources(&self) -> Result<BTreeMap<SourceId, SourceRecord>, StoreError> {
         Ok(self.sources.clone())
@@ -302,7 +461,29 @@ impl MapStore for MemoryStore {
         self.entries.remove(key);
         Ok(())
     }
+    fn put_ports(&mut self, id: PortSetId, set: &PortRanges) -> Result<(), StoreError> {
+        if !self.ports.contains_key(&id) && self.ports.len() >= self.max_entries as usize {
+            return Err(StoreError::Full {
+                map: maps::PORTS,
+                capacity: self.max_entries,
+            });
+        }
+        self.write(format!("put-ports {:x}", id.0))?;
+        self.ports.insert(id, *set);
+        Ok(())
+    }
+    fn remove_ports(&mut self, id: PortSetId) -> Result<(), StoreError> {
+        self.write(format!("remove-ports {:x}", id.0))?;
+        self.ports.remove(&id);
+        Ok(())
+    }
     fn put_source(&mut self, id: SourceId, record: &SourceRecord) -> Result<(), StoreError> {
+        if !self.sources.contains_key(&id) && self.sources.len() >= self.max_entries as usize {
+            return Err(StoreError::Full {
+                map: maps::SOURCES,
+                capacity: self.max_entries,
+            });
+        }
         self.write(format!("put-source {}", super::source::label(record)))?;
         self.sources.insert(id, *record);
         Ok(())

@@ -9,6 +9,19 @@
 //! - `udp-connected-sendto`: connect to the first address of `A,B`, then sendto B;
 //! - `tfo-sendto`: TCP Fast Open, `sendto(MSG_FASTOPEN)`;
 //! - `tfo-connect`: `TCP_FASTOPEN_CONNECT`, then connect and send.
+//!
+//! Ways to make a packet leave for another address than the one the syscall names (what the
+//! wire check must stop); `A,X` means "name A, send to X":
+//! - `udp-rthdr`: an IPv6 segment routing header listing X before the final A (setsockopt),
+//!   then sendto A; `udp-rthdr-cmsg`: a type 2 routing header naming X, per message;
+//! - `tcp-rthdr`: the same header on a TCP socket, then connect to A (1 s timeout);
+//! - `udp-lsrr`: an IPv4 loose source route through X (IP_OPTIONS), then sendto A;
+//! - `udp-bind-dev`: `ADDR,IFNAME`: SO_BINDTODEVICE, then sendto ADDR (a loopback address
+//!   pushed out of a real device);
+//! - `icmp-ping`: an ICMP echo request from an unprivileged "ping" socket, sendto ADDR.
+//!
+//! And one that receives: `tcp-serve` listens on ADDR, accepts one connection (5 s), echoes
+//! one byte back.
 
 use std::{
     io,
@@ -130,8 +143,12 @@ fn sendmsg(fd: &OwnedFd, addr: &SocketAddr) -> io::Result<()> {
 /// Connects with a timeout: EPERM from the cgroup hook comes back at once; a real
 /// handshake needs the peer.
 fn tcp_connect(fd: &OwnedFd, addr: &SocketAddr) -> io::Result<()> {
+    tcp_connect_within(fd, addr, 2)
+}
+
+fn tcp_connect_within(fd: &OwnedFd, addr: &SocketAddr, seconds: i64) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: 2,
+        tv_sec: seconds,
         tv_usec: 0,
     };
     // SAFETY: valid fd and option buffer.
@@ -147,11 +164,89 @@ fn tcp_connect(fd: &OwnedFd, addr: &SocketAddr) -> io::Result<()> {
     connect(fd, addr)
 }
 
-fn run(op: &str, arg: &str) -> io::Result<()> {
-    let parse = |s: &str| {
-        s.parse::<SocketAddr>()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{s}: {e}")))
+const IPV6_RTHDR: libc::c_int = 57;
+
+fn parse(s: &str) -> io::Result<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{s}: {e}")))
+}
+
+fn pair(arg: &str) -> io::Result<(SocketAddr, SocketAddr)> {
+    let (a, b) = arg
+        .split_once(',')
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "want A,B"))?;
+    Ok((parse(a)?, parse(b)?))
+}
+
+/// A segment routing header (type 4) that sends the packet to `via` first, then to `last`.
+fn segment_routing_header(last: &SocketAddr, via: &SocketAddr) -> io::Result<Vec<u8>> {
+    let (SocketAddr::V6(last), SocketAddr::V6(via)) = (last, via) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv6 only"));
     };
+    // next header (set by the kernel), length in 8-byte units beyond the first (2 segments
+    // = 4), type 4, segments left 1, last entry 1, flags, tag; then the segments, last first.
+    let mut h = vec![0, 4, 4, 1, 1, 0, 0, 0];
+    h.extend_from_slice(&last.ip().octets());
+    h.extend_from_slice(&via.ip().octets());
+    Ok(h)
+}
+
+fn setsockopt_bytes(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
+    // SAFETY: valid fd and option buffer of the length passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    } as isize)
+}
+
+/// sendmsg with one control message (`level`, `ty`, `data`).
+fn sendmsg_with(
+    fd: &OwnedFd,
+    addr: &SocketAddr,
+    level: libc::c_int,
+    ty: libc::c_int,
+    data: &[u8],
+) -> io::Result<()> {
+    let (mut sa, len) = sockaddr(addr);
+    let mut byte = *b"x";
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(data.len() as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut sa as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer holds one header of `space` bytes, aligned for cmsghdr.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = ty;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+        std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(cmsg), data.len());
+    }
+    // SAFETY: msg points at live buffers.
+    check(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) })
+}
+
+fn run(op: &str, arg: &str) -> io::Result<()> {
     match op {
         "tcp" => {
             let addr = parse(arg)?;
@@ -204,6 +299,107 @@ fn run(op: &str, arg: &str) -> io::Result<()> {
             } as isize)?;
             tcp_connect(&fd, &addr)?;
             send(&fd)
+        }
+        "udp-rthdr" | "udp-rthdr-cmsg" | "tcp-rthdr" => {
+            let (a, x) = pair(arg)?;
+            let header = segment_routing_header(&a, &x)?;
+            let ty = if op == "tcp-rthdr" {
+                libc::SOCK_STREAM
+            } else {
+                libc::SOCK_DGRAM
+            };
+            let fd = socket(&a, ty)?;
+            if op == "udp-rthdr-cmsg" {
+                // Per message, Linux takes only the Mobile IPv6 type 2 header (one address),
+                // and only when built with CONFIG_IPV6_MIP6 (EINVAL otherwise).
+                let SocketAddr::V6(via) = x else {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv6 only"));
+                };
+                let mut type2 = vec![0, 2, 2, 1, 0, 0, 0, 0];
+                type2.extend_from_slice(&via.ip().octets());
+                return sendmsg_with(&fd, &a, libc::IPPROTO_IPV6, IPV6_RTHDR, &type2);
+            }
+            setsockopt_bytes(&fd, libc::IPPROTO_IPV6, IPV6_RTHDR, &header)?;
+            if op == "tcp-rthdr" {
+                tcp_connect_within(&fd, &a, 1)
+            } else {
+                sendto(&fd, &a, 0)
+            }
+        }
+        "udp-lsrr" => {
+            let (a, x) = pair(arg)?;
+            let SocketAddr::V4(via) = x else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 only"));
+            };
+            // NOP, then LSRR: type 131, length 7, pointer 4, one hop.
+            let mut option = vec![1, 131, 7, 4];
+            option.extend_from_slice(&via.ip().octets());
+            let fd = socket(&a, libc::SOCK_DGRAM)?;
+            setsockopt_bytes(&fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &option)?;
+            sendto(&fd, &a, 0)
+        }
+        "udp-bind-dev" => {
+            let (addr, ifname) = arg
+                .split_once(',')
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "want ADDR,IFNAME"))?;
+            let addr = parse(addr)?;
+            let fd = socket(&addr, libc::SOCK_DGRAM)?;
+            setsockopt_bytes(
+                &fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                ifname.as_bytes(),
+            )?;
+            sendto(&fd, &addr, 0)
+        }
+        "icmp-ping" => {
+            let addr = parse(arg)?;
+            let (family, proto, echo) = if addr.is_ipv4() {
+                (libc::AF_INET, libc::IPPROTO_ICMP, 8u8)
+            } else {
+                (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8)
+            };
+            // SAFETY: plain syscall.
+            let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, proto) };
+            check(fd as isize)?;
+            // SAFETY: a new fd owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let (sa, len) = sockaddr(&SocketAddr::new(addr.ip(), 0));
+            let request = [echo, 0, 0, 0, 0, 1, 0, 1, b'x'];
+            // SAFETY: valid fd, buffer and sockaddr.
+            check(unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    request.as_ptr().cast(),
+                    request.len(),
+                    0,
+                    &sa as *const _ as *const libc::sockaddr,
+                    len,
+                )
+            })
+        }
+        "tcp-serve" => {
+            let addr = parse(arg)?;
+            let listener = std::net::TcpListener::bind(addr)?;
+            listener.set_nonblocking(true)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let (mut conn, _) = loop {
+                match listener.accept() {
+                    Ok(c) => break c,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if std::time::Instant::now() > deadline {
+                            return Err(io::Error::from(io::ErrorKind::TimedOut));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            conn.set_nonblocking(false)?;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut byte = [0u8; 1];
+            io::Read::read_exact(&mut conn, &mut byte)?;
+            io::Write::write_all(&mut conn, &byte)
         }
         other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,

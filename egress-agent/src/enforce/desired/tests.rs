@@ -48,7 +48,14 @@ fn key(s: &str) -> EntryKey {
 }
 
 fn verdict(d: &Desired, k: &str, proto: Proto, port: u16) -> Option<egress_common::Counter> {
-    d.entries.get(&key(k)).map(|e| e.verdict(proto, port))
+    // As the kernel decides: the entry's port set, none for PortSetId::NONE.
+    d.entries.get(&key(k)).map(|e| {
+        d.ports
+            .get(&e.ports)
+            .map_or(egress_common::Counter::DENY_PROTOCOL, |set| {
+                set.verdict(proto, port)
+            })
+    })
 }
 
 fn allowed(d: &Desired, k: &str, proto: Proto, port: u16) -> bool {
@@ -188,18 +195,55 @@ fn expired_addresses_leave_the_desired_state() {
     assert!(compute(&p, &cache, &[], NOW + 10 + 60).entries.is_empty());
 }
 
+/// A destination whose ports cannot be represented fails closed: it gets an entry that
+/// allows nothing, never the default action or a wider prefix's ports.
 #[test]
-fn a_destination_with_too_many_port_ranges_is_omitted_and_reported() {
-    let ports: Vec<String> = (1..=17).map(|p| (p * 10).to_string()).collect();
-    let p = native(&format!(
-        "  - cidrs: [192.0.2.1]\n    ports: [{}]\n",
+fn a_destination_with_too_many_port_ranges_is_closed_and_reported() {
+    let max = egress_common::MAX_RANGES;
+    let ports: Vec<String> = (1..=max + 1).map(|p| (p * 10).to_string()).collect();
+    let p = policy(&format!(
+        "apiVersion: egress/v1\nkind: EgressPolicy\ndnsResolvers: []\ndefaultAction: allow\nrules:\n  - action: deny\n    cidrs: [192.0.2.1]\n    ports: [{}]\n",
         ports.join(", ")
     ));
     let d = compute(&p, &HostCache::default(), &[], NOW);
-    assert!(d.entries.is_empty());
-    assert_eq!(d.omitted.len(), 1);
-    assert_eq!(d.omitted[0].1.needed, 17);
-    assert_eq!(d.omitted[0].2, vec!["rule #1".to_owned()]);
+    assert_eq!(d.closed.len(), 1);
+    // Every TCP gap between the denied ports, the TCP tail, and all of UDP.
+    assert_eq!(d.closed[0].1.needed, max + 3);
+    assert_eq!(d.closed[0].2, vec!["rule #1".to_owned()]);
+    let entry = d.entries[&key("192.0.2.1")];
+    assert_eq!(entry.ports, egress_common::PortSetId::NONE);
+    assert!(!allowed(&d, "192.0.2.1", Proto::TCP, 10), "a denied port");
+    assert!(!allowed(&d, "192.0.2.1", Proto::TCP, 15), "fails closed");
+}
+
+/// Hostnames are checked before their addresses are known.
+#[test]
+fn hosts_whose_rules_need_too_many_ranges_are_found_up_front() {
+    let max = egress_common::MAX_RANGES;
+    let ports: Vec<String> = (1..=max / 2 + 1).map(|p| (p * 10).to_string()).collect();
+    let p = native(&format!(
+        "  - hosts: [many.test]\n    ports: [{}]\n    protocol: ANY\n  - hosts: [few.test]\n    ports: [443]\n",
+        ports.join(", ")
+    ));
+    let found = host_port_overflows(&p);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "many.test");
+    assert_eq!(found[0].1.needed, max + 2);
+}
+
+/// Equal port sets are stored once, whatever the number of destinations.
+#[test]
+fn destinations_with_equal_ports_share_one_port_set() {
+    let p = native(
+        "  - cidrs: [192.0.2.1, 192.0.2.2, 2001:db8::1]\n    ports: [443]\n  - cidrs: [192.0.2.3]\n    ports: [80]\n",
+    );
+    let d = compute(&p, &HostCache::default(), &[], NOW);
+    assert_eq!(d.entries.len(), 4);
+    assert_eq!(d.ports.len(), 2);
+    assert_eq!(
+        d.entries[&key("192.0.2.1")].ports,
+        d.entries[&key("2001:db8::1")].ports
+    );
 }
 
 fn store_log(r: &Reconciler<MemoryStore>) -> Vec<String> {
@@ -262,26 +306,84 @@ fn a_full_map_makes_room_by_removing_stale_entries_first() {
     );
 }
 
+/// A failed addition does not keep what the policy no longer allows: removals still happen,
+/// the error is returned, and the mirror matches the store.
 #[test]
-fn a_failed_write_leaves_the_mirror_true_and_removes_nothing() {
+fn a_failed_write_still_removes_what_is_no_longer_allowed() {
     let a = native("  - cidrs: [192.0.2.1]\n    ports: [443]\n");
     let b = native("  - cidrs: [192.0.2.2, 192.0.2.3]\n    ports: [443]\n");
-    let mut store = MemoryStore::new(16);
-    let mut r = Reconciler::new(std::mem::take(&mut store)).unwrap();
+    let mut r = Reconciler::new(MemoryStore::new(16)).unwrap();
     r.apply(&compute(&a, &HostCache::default(), &[], NOW))
         .unwrap();
-    let n = store_log(&r).len();
     let mut store = r.into_store();
-    store.fail_from = Some(n + 2);
-    store.max_entries = 16;
+    store.fail_on = Some("put 192.0.2.2".into());
     let mut r = Reconciler::new(store).unwrap();
     assert!(
         r.apply(&compute(&b, &HostCache::default(), &[], NOW))
             .is_err()
     );
+    assert!(!r.entries().contains_key(&key("192.0.2.1")), "removed");
+    assert!(r.entries().contains_key(&key("192.0.2.3")), "added");
     assert!(
-        r.entries().contains_key(&key("192.0.2.1")),
-        "nothing removed after a failure"
+        !r.entries().contains_key(&key("192.0.2.2")),
+        "its write failed"
     );
     assert_eq!(r.entries(), &r.store().entries);
+    // The next reconciliation completes it.
+    r.apply(&compute(&b, &HostCache::default(), &[], NOW))
+        .unwrap();
+    assert!(r.entries().contains_key(&key("192.0.2.2")));
+}
+
+/// An entry is written after the port set it refers to; a set no entry refers to any more is
+/// removed only once it has been retired for the retirement period.
+#[test]
+fn port_sets_come_before_their_entries_and_leave_after_retirement() {
+    let a = native("  - cidrs: [192.0.2.1]\n    ports: [443]\n");
+    let b = native("  - cidrs: [192.0.2.1]\n    ports: [8443]\n");
+    let mut r = Reconciler::new(MemoryStore::new(16))
+        .unwrap()
+        .with_retirement(Duration::from_millis(50));
+    r.apply(&compute(&a, &HostCache::default(), &[], NOW))
+        .unwrap();
+    let log = store_log(&r);
+    let set = log.iter().position(|w| w.starts_with("put-ports")).unwrap();
+    let entry = log.iter().position(|w| w == "put 192.0.2.1").unwrap();
+    assert!(set < entry, "{log:?}");
+    r.apply(&compute(&b, &HostCache::default(), &[], NOW))
+        .unwrap();
+    assert_eq!(
+        r.store().ports.len(),
+        2,
+        "the old set is retired, not removed"
+    );
+    assert!(r.retiring());
+    std::thread::sleep(Duration::from_millis(60));
+    r.apply(&compute(&b, &HostCache::default(), &[], NOW))
+        .unwrap();
+    assert_eq!(r.store().ports.len(), 1);
+    assert!(!r.retiring());
+}
+
+/// The sources map makes room like the entry maps do (it used to fail, leaving the removed
+/// host's entries in force).
+#[test]
+fn a_full_sources_map_makes_room_by_removing_stale_sources_first() {
+    let a =
+        native("  - name: one\n    cidrs: [192.0.2.1]\n  - name: two\n    cidrs: [192.0.2.2]\n");
+    let b =
+        native("  - name: three\n    cidrs: [192.0.2.3]\n  - name: four\n    cidrs: [192.0.2.4]\n");
+    let mut r = Reconciler::new(MemoryStore::new(3)).unwrap();
+    r.apply(&compute(&a, &HostCache::default(), &[], NOW))
+        .unwrap();
+    r.apply(&compute(&b, &HostCache::default(), &[], NOW))
+        .unwrap();
+    assert_eq!(r.store().sources.len(), 2);
+    assert_eq!(
+        r.entries()
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>(),
+        vec!["192.0.2.3", "192.0.2.4"]
+    );
 }
