@@ -95,6 +95,25 @@ fn broken_policies_are_refused_and_the_last_good_one_stays() {
             ),
             "rules[0].ports[0]: port range `8010-8000` is reversed",
         ),
+        (
+            format!("{native_head}rules:\n  - hosts: [api.allowed.test]\n    ports:\n"),
+            "rules[0].ports: the key has no value",
+        ),
+        (
+            format!("{native_head}rules:\n  - hosts: [\"198.51.100.10\"]\n"),
+            "is an address, not a hostname",
+        ),
+        (
+            // A hostname's own rules need 65 port ranges: refused before it resolves.
+            format!(
+                "{native_head}defaultAction: allow\nrules:\n  - action: deny\n    hosts: [evil.test]\n    ports: [{}]\n",
+                (1..=64)
+                    .map(|i| (i * 100).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ":5:5: evil.test (rule #1) needs 66 port ranges",
+        ),
     ];
     for (text, expected) in &variants {
         let digest = world.write_policy(text);
@@ -311,5 +330,44 @@ fn an_invalid_policy_at_start_up_fails_closed() {
         "{}",
         agent.log()
     );
+    assert_good_policy_enforced(&world);
+}
+
+/// A FIFO or a device in place of the policy file is refused without blocking or exhausting
+/// the agent (a FIFO used to stall the loop; /dev/zero was read without end); the next valid
+/// file is applied as usual.
+#[test]
+fn special_files_in_place_of_the_policy_are_refused_and_the_agent_stays_responsive() {
+    let (world, mut agent) = World::enforcing(api_zone(), GOOD, &[]);
+    let policy = world.policy_path();
+    let fifo = world.dir().join("policy.fifo");
+    let path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a valid path string.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    std::fs::rename(&fifo, &policy).unwrap();
+    agent.wait_for(WAIT, "FIFO refused", |s| {
+        s.last_reload
+            .as_ref()
+            .and_then(|r| r.error.as_deref())
+            .is_some_and(|e| e.contains("the policy must be a regular file; this is a FIFO"))
+    });
+    assert_good_policy_enforced(&world);
+
+    let link = world.dir().join("policy.link");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    std::fs::rename(&link, &policy).unwrap();
+    agent.wait_for(WAIT, "device refused", |s| {
+        s.last_reload
+            .as_ref()
+            .and_then(|r| r.error.as_deref())
+            .is_some_and(|e| e.contains("this is a character device"))
+    });
+    assert_good_policy_enforced(&world);
+
+    // Still responsive: a new valid policy lands.
+    let digest = world.write_policy(&native(
+        "  - hosts: [api.allowed.test]\n    ports: [443, 8443]\n",
+    ));
+    agent.wait_applied(&digest, WAIT);
     assert_good_policy_enforced(&world);
 }

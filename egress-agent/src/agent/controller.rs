@@ -12,7 +12,7 @@ use tokio::{
 use super::{AgentConfig, AgentError, now, startup::PinLock, status, watch::PolicyWatcher};
 use crate::{
     bpf::PinnedMaps,
-    enforce::{EntryKey, Reconciler, compute, desired::host_port_overflows},
+    enforce::{EntryKey, Reconciler, compute, desired::check_representable},
     policy::{self, Hostname, Policy},
     resolve::{HostCache, Outcome, Upstream},
 };
@@ -287,16 +287,20 @@ impl Controller {
 
     /// Re-reads the policy file; applies it when its content changed (or when `force`).
     async fn reload(&mut self, force: bool) {
-        let text = std::fs::read_to_string(&self.config.policy).unwrap_or_default();
-        let digest = policy::digest(&text);
+        let text = policy::read(&self.config.policy).map_err(|e| e.to_string());
+        // An unreadable file is identified by its error, so it is reported once too.
+        let digest = policy::digest(text.as_deref().unwrap_or_else(|e| e));
         if !force && digest == self.last_tried {
             return;
         }
         self.last_tried = digest.clone();
         let at = now();
-        let loaded = policy::load(&self.config.policy)
-            .map_err(|e| e.to_string())
-            .and_then(|(p, text)| self.fits(&p, at).map(|()| (p, policy::digest(&text))));
+        let file = self.config.policy.display().to_string();
+        let loaded = text.and_then(|text| {
+            let p = policy::parse(&text, &file).map_err(|e| e.to_string())?;
+            self.fits(&p, at)?;
+            Ok((p, policy::digest(&text)))
+        });
         let (new_policy, new_digest) = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
@@ -344,14 +348,11 @@ impl Controller {
     /// ranges for one destination, or more entries than the maps hold), before anything is
     /// touched. What names will resolve to is checked when it is known.
     pub(super) fn fits(&self, policy: &Policy, at: u64) -> Result<(), String> {
-        let probe = compute(policy, &HostCache::default(), &self.upstream_ips, at);
-        if let Some((key, err, sources)) = probe.closed.first() {
-            return Err(format!("{key} ({}) {err}", sources.join(", ")));
-        }
-        if let Some((host, err)) = host_port_overflows(policy).first() {
-            return Err(format!("{host} {err}"));
-        }
-        self.reconciler.preflight(&probe).map_err(|e| e.to_string())
+        let file = self.config.policy.display().to_string();
+        let probe = check_representable(policy, &self.upstream_ips, at, &file)?;
+        self.reconciler
+            .preflight(&probe)
+            .map_err(|e| format!("{file}: {e}"))
     }
 
     fn record_applied_policy(&mut self) {

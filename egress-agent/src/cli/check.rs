@@ -5,7 +5,6 @@ use std::{path::PathBuf, process::ExitCode};
 use egress_agent::{
     enforce::{self, source::label},
     policy::{self, DnsResolver},
-    resolve::HostCache,
 };
 
 #[derive(clap::Args)]
@@ -21,20 +20,15 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Args { policy: path, json } = args;
     let (policy, text) = policy::load(&path)?;
-    // Literal addresses and prefixes only: hostnames are resolved by the running agent.
-    let desired = enforce::compute(
+    // Literal addresses and prefixes only: hostnames are resolved by the running agent. What
+    // the agent would refuse is refused here too (the map capacity aside: --max-entries).
+    let desired = enforce::desired::check_representable(
         &policy,
-        &HostCache::default(),
         &[],
         egress_agent::agent::now(),
-    );
-    // What the agent would refuse too (the map capacity aside, which --max-entries sets).
-    if let Some((key, err, sources)) = desired.closed.first() {
-        anyhow::bail!("{}: {key} ({}) {err}", path.display(), sources.join(", "));
-    }
-    if let Some((host, err)) = enforce::desired::host_port_overflows(&policy).first() {
-        anyhow::bail!("{}: {host} {err}", path.display());
-    }
+        &path.display().to_string(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let resolvers: Vec<String> = policy
         .dns_resolvers
         .iter()

@@ -114,21 +114,51 @@ impl Contribution {
 }
 
 /// Hostnames whose own rules already need more port ranges than a port set holds, whatever
-/// they resolve to (checked before a policy is applied; covering prefixes can only add to
-/// this, and are judged per address when the addresses are known).
-pub fn host_port_overflows(policy: &Policy) -> Vec<(String, TooManyRanges)> {
+/// they resolve to, with the labels of those rules (covering prefixes can only add to this,
+/// and are judged per address once the addresses are known).
+pub fn host_port_overflows(policy: &Policy) -> Vec<(String, TooManyRanges, Vec<String>)> {
     policy
         .hosts()
         .into_iter()
         .filter_map(|(host, rules)| {
             let mut c = Contribution::default();
             for rule in &rules {
-                c.add(rule.action, &rule.ports, SourceId(0), "", 0);
+                c.add(rule.action, &rule.ports, SourceId(0), &rule.label, 0);
             }
             let err = c.ports(policy.default_action).to_kernel().err()?;
-            Some((host.to_string(), err))
+            Some((host.to_string(), err, c.labels.into_iter().collect()))
         })
         .collect()
+}
+
+/// Refuses a policy the kernel's port sets cannot represent — a literal destination or a
+/// hostname's own rules needing too many ranges — before anything is applied, naming the
+/// file, the first rule involved, the destination and its rules. Otherwise returns what the
+/// literal destinations need (for a capacity check).
+pub fn check_representable(
+    policy: &Policy,
+    upstream: &[IpAddr],
+    now: u64,
+    file: &str,
+) -> Result<Desired, String> {
+    let probe = compute(policy, &HostCache::default(), upstream, now);
+    let problem = probe
+        .closed
+        .first()
+        .map(|(key, err, labels)| (key.to_string(), err.clone(), labels.clone()))
+        .or_else(|| host_port_overflows(policy).into_iter().next());
+    let Some((what, err, labels)) = problem else {
+        return Ok(probe);
+    };
+    let (line, col) = policy
+        .rules
+        .iter()
+        .find(|r| labels.contains(&r.label))
+        .map_or((1, 1), |r| r.at);
+    Err(format!(
+        "{file}:{line}:{col}: {what} ({}) {err}",
+        labels.join(", ")
+    ))
 }
 
 /// Computes the maps' intended content at `now`. `upstream` are the agent's own DNS servers,

@@ -25,6 +25,18 @@ impl Hostname {
             ));
         }
         let without_dot = trimmed.strip_suffix('.').unwrap_or(trimmed);
+        // An address would be sent to DNS as a name and resolve to nothing: say so instead.
+        // (Top-level domains are never all-numeric, RFC 3696 §2, so no real name is lost.)
+        if without_dot.parse::<std::net::IpAddr>().is_ok()
+            || without_dot
+                .rsplit('.')
+                .next()
+                .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "`{trimmed}` is an address, not a hostname; list addresses under `cidrs`"
+            ));
+        }
         // Check labels before IDNA processing, which would otherwise accept or rewrite
         // some malformed input (empty labels, for one).
         for label in without_dot.split('.') {

@@ -255,6 +255,7 @@ pub fn apply_service_entry(
     }
     builder.rules.push(Rule {
         label: label.clone(),
+        at,
         action: Action::Allow,
         hosts: host_names,
         nets,
@@ -318,6 +319,7 @@ pub fn apply_service_entry(
         };
         builder.rules.push(Rule {
             label: format!("{label} endpoint {address}"),
+            at: (at.0 + line - 1, col),
             action: Action::Allow,
             hosts,
             nets,

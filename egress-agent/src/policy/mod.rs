@@ -48,6 +48,8 @@ pub enum DnsResolver {
 pub struct Rule {
     /// Where the rule comes from, e.g. `ServiceEntry default/googleapis` or `rule google`.
     pub label: String,
+    /// Line and column of the rule in its file.
+    pub at: (u64, u64),
     pub action: Action,
     pub hosts: Vec<Hostname>,
     /// Literal addresses (as /32 or /128) and prefixes. IPv4-mapped IPv6 is stored as IPv4.
@@ -117,36 +119,58 @@ pub fn digest(text: &str) -> String {
 
 /// Reads and validates a policy file; returns the policy and the file's text.
 pub fn load(path: &Path) -> Result<(Policy, String), PolicyError> {
+    let text = read(path)?;
+    let policy = parse(&text, &path.display().to_string())?;
+    Ok((policy, text))
+}
+
+/// Reads a policy file's text: a regular file (a FIFO would block the agent, a device could
+/// be endless), at most [`MAX_POLICY_BYTES`] of UTF-8, however large it claims to be.
+pub fn read(path: &Path) -> Result<String, PolicyError> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
     let read_err = |source| PolicyError::Read {
         path: path.to_owned(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_POLICY_BYTES as u64 {
-        return Err(PolicyError::invalid(
-            &path.display().to_string(),
-            (1, 1),
-            "(file)",
-            format!(
-                "the file is {} bytes; a policy file may be at most {MAX_POLICY_BYTES} bytes",
-                meta.len()
-            ),
-        ));
+    let file_err = |message: String| {
+        PolicyError::invalid(&path.display().to_string(), (1, 1), "(file)", message)
+    };
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_err)?;
+    let kind = file.metadata().map_err(read_err)?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if std::os::unix::fs::FileTypeExt::is_fifo(&kind) {
+            "a FIFO"
+        } else if std::os::unix::fs::FileTypeExt::is_char_device(&kind) {
+            "a character device"
+        } else {
+            "not a regular file"
+        };
+        return Err(file_err(format!(
+            "the policy must be a regular file; this is {what}"
+        )));
     }
-    let bytes = std::fs::read(path).map_err(read_err)?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        PolicyError::invalid(
-            &path.display().to_string(),
-            (1, 1),
-            "(file)",
-            format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
-    let policy = parse(&text, &path.display().to_string())?;
-    Ok((policy, text))
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() > MAX_POLICY_BYTES {
+        return Err(file_err(format!(
+            "the file is larger than {MAX_POLICY_BYTES} bytes, the most a policy file may be"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        file_err(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// Validates policy text; `file` names it in errors.

@@ -38,10 +38,29 @@ pub struct EgressPolicy {
     #[serde(default)]
     #[expect(dead_code, reason = "accepted for Kubernetes-style files, not used")]
     metadata: Option<Metadata>,
+    #[serde(default, deserialize_with = "present")]
     mode: Option<NativeMode>,
+    #[serde(default, deserialize_with = "present")]
     default_action: Option<NativeAction>,
+    #[serde(default, deserialize_with = "present")]
     dns_resolvers: Option<Vec<ResolverSpec>>,
     rules: Vec<Spanned<NativeRule>>,
+}
+
+/// For optional keys: a missing key means the default, but a key written with no value
+/// (`ports:` alone, YAML null) is an error. Read as "the default", an emptied `ports:` would
+/// allow every port and an emptied `action:` would allow.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom(
+            "the key has no value; give one, or leave the key out for the default",
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -105,15 +124,18 @@ impl<'de> Deserialize<'de> for ResolverSpec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NativeRule {
+    #[serde(default, deserialize_with = "present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     action: Option<NativeAction>,
-    #[serde(default)]
-    hosts: Vec<Hostname>,
-    #[serde(default)]
-    cidrs: Vec<Net>,
+    #[serde(default, deserialize_with = "present")]
+    hosts: Option<Vec<Hostname>>,
+    #[serde(default, deserialize_with = "present")]
+    cidrs: Option<Vec<Net>>,
+    #[serde(default, deserialize_with = "present")]
     ports: Option<Vec<PortSpec>>,
-    #[serde(default)]
-    protocol: NativeProtocol,
+    #[serde(default, deserialize_with = "present")]
+    protocol: Option<NativeProtocol>,
 }
 
 pub fn apply(
@@ -162,6 +184,7 @@ pub fn apply(
             ports,
             protocol,
         } = rule.value;
+        let (hosts, cidrs) = (hosts.unwrap_or_default(), cidrs.unwrap_or_default());
         if hosts.is_empty() && cidrs.is_empty() {
             return Err(PolicyError::invalid(
                 file,
@@ -170,7 +193,7 @@ pub fn apply(
                 "the rule names no destination; give `hosts`, `cidrs` or both",
             ));
         }
-        let protocols: &[Protocol] = match protocol {
+        let protocols: &[Protocol] = match protocol.unwrap_or_default() {
             NativeProtocol::Tcp => &[Protocol::Tcp],
             NativeProtocol::Udp => &[Protocol::Udp],
             NativeProtocol::Any => &Protocol::BOTH,
@@ -195,6 +218,7 @@ pub fn apply(
             ));
         }
         builder.rules.push(Rule {
+            at,
             label: format!("rule {}", name.unwrap_or_else(|| format!("#{}", i + 1))),
             action: action.map_or(Action::Allow, Action::from),
             hosts,

@@ -295,3 +295,48 @@ fn examples_are_valid() {
     assert_eq!(native.rules.len(), 2);
     assert_eq!(native.rules[1].action, Action::Deny);
 }
+
+/// Keys written without a value are errors, not defaults: an emptied `ports:` must not mean
+/// every port, nor an emptied `action:` allow (found by attacking the parser).
+#[test]
+fn keys_without_values_are_refused() {
+    let native = "apiVersion: egress/v1\nkind: EgressPolicy\n";
+    for (rule, field) in [
+        (
+            "  - hosts: [a.test]\n    ports:\n    # - 443\n",
+            "rules[0].ports",
+        ),
+        ("  - hosts: [a.test]\n    action:\n", "rules[0].action"),
+        ("  - hosts: [a.test]\n    protocol:\n", "rules[0].protocol"),
+        ("  - hosts:\n    cidrs: [192.0.2.1]\n", "rules[0].hosts"),
+    ] {
+        let e = err(&format!("{native}rules:\n{rule}"));
+        assert!(
+            e.contains(&format!("{field}: the key has no value")),
+            "{rule:?}: {e}"
+        );
+    }
+    let e = err(&format!("{native}defaultAction:\nrules: []\n"));
+    assert!(e.contains("defaultAction: the key has no value"), "{e}");
+}
+
+/// A native rule's `hosts` takes names; an address there is refused with a pointer to
+/// `cidrs` (it would otherwise be looked up in DNS and allow nothing).
+#[test]
+fn addresses_in_native_hosts_are_refused() {
+    let native = "apiVersion: egress/v1\nkind: EgressPolicy\nrules:\n";
+    for host in ["198.51.100.10", "2001:db8::1", "10.0.0.1.", "host.123"] {
+        let e = err(&format!("{native}  - hosts: [\"{host}\"]\n"));
+        assert!(
+            e.contains("is an address, not a hostname; list addresses under `cidrs`"),
+            "{host}: {e}"
+        );
+    }
+    assert!(
+        parse(
+            &format!("{native}  - hosts: [a1.example.com, 1a.test]\n"),
+            "p.yaml"
+        )
+        .is_ok()
+    );
+}
