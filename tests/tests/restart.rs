@@ -193,3 +193,32 @@ fn a_second_agent_on_the_same_pins_is_refused() {
     let r = probe::run(&world.pod, &[ALLOWED[0], UNLISTED[0]]);
     assert!(r[0].ok && r[1].denied(), "{r:?}");
 }
+
+/// The enforced cgroup deleted and created again is a new cgroup, without programs; the agent
+/// notices (it checks twice a second) and attaches to it.
+#[test]
+fn a_recreated_cgroup_is_enforced_again() {
+    let (world, mut agent) = World::enforcing(zone(), &policy(), &[]);
+    let before = egress_agent::agent::status::read(&world.state_dir())
+        .unwrap()
+        .cgroup_id;
+    let (enforced, child) = (world.cgroup.enforced.clone(), world.cgroup.pod());
+    std::fs::remove_dir(&child).unwrap();
+    std::fs::remove_dir(&enforced).unwrap();
+    agent.wait_for(WAIT, "the cgroup reported missing", |s| {
+        s.problems.iter().any(|p| p.contains("is gone"))
+    });
+    std::fs::create_dir_all(&child).unwrap();
+    let status = agent.wait_for(WAIT, "attached to the new cgroup", |s| {
+        s.cgroup_id != before && s.problems.is_empty()
+    });
+    assert_ne!(status.cgroup_id, before);
+    let r = probe::run(&pod(&world), &[ALLOWED[0], UNLISTED[0], UNLISTED[1]]);
+    assert!(r[0].ok, "{:?}", r[0]);
+    assert!(r[1].denied() && r[2].denied(), "{r:?}");
+    assert!(
+        agent.log().contains("the enforced cgroup was created anew"),
+        "{}",
+        agent.log()
+    );
+}

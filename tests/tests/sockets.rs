@@ -139,8 +139,11 @@ fn ipv4_mapped_ipv6_destinations_are_judged_as_ipv4() {
             ("udp-connect", "[::ffff:203.0.113.66]:9999"),
             ("udp-sendmsg", "[::ffff:203.0.113.66]:9999"),
             ("tcp", "[::ffff:198.51.100.10]:22"),
-            // NAT64 (64:ff9b::/96) embeds 203.0.113.66; it is an IPv6 destination with no entry.
+            // The NAT64 well-known prefix (64:ff9b::/96) embeds an IPv4 host; judged as it:
+            // 203.0.113.66 is refused, 198.51.100.10:80 is not (no NAT64 gateway here, so
+            // the connection itself fails, without EPERM).
             ("tcp", "[64:ff9b::cb00:7142]:80"),
+            ("tcp", "[64:ff9b::c633:640a]:80"),
         ],
     );
     assert_denied(&r[0]);
@@ -150,8 +153,30 @@ fn ipv4_mapped_ipv6_destinations_are_judged_as_ipv4() {
     assert_denied(&r[4]);
     assert_denied(&r[5]);
     assert_denied(&r[6]);
+    assert!(!r[7].ok && r[7].errno != probe::EPERM, "{:?}", r[7]);
     assert!(!world.sniffer.wait_to(ip("198.51.100.10"), WIRE).is_empty());
     assert!(world.sniffer.to(ip("203.0.113.66")).is_empty());
+}
+
+/// A deny-list (default allow) covers the IPv4 hosts it names in every form an AF_INET6
+/// socket can reach them by: plain, IPv4-mapped, and through NAT64's well-known prefix.
+#[test]
+fn deny_lists_cover_mapped_and_nat64_forms_of_ipv4() {
+    let policy = "apiVersion: egress/v1\nkind: EgressPolicy\ndefaultAction: allow\nrules:\n  - action: deny\n    cidrs: [203.0.113.0/24]\n";
+    let (world, _agent) = World::enforcing(Zone::new(), policy, &[]);
+    let r = probe::run(
+        &world.pod,
+        &[
+            ("tcp", "203.0.113.66:80"),
+            ("tcp", "[::ffff:203.0.113.66]:80"),
+            ("tcp", "[64:ff9b::cb00:7142]:80"),
+            ("tcp", "198.51.100.10:80"),
+        ],
+    );
+    assert_denied(&r[0]);
+    assert_denied(&r[1]);
+    assert_denied(&r[2]);
+    assert_ok(&r[3]);
 }
 
 /// BR-03: TCP Fast Open opens connections without connect(); the pre-connect hook still runs.

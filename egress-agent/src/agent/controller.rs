@@ -1,7 +1,7 @@
 //! The agent loop's state and its reactions: one task owns the policy, the host cache and
 //! the maps; resolutions run as separate tasks and report back over a channel.
 
-use std::{future::Future, net::IpAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::IpAddr, os::unix::fs::MetadataExt as _, sync::Arc, time::Duration};
 
 use egress_common::ResolveStatus;
 use tokio::{
@@ -11,7 +11,7 @@ use tokio::{
 
 use super::{AgentConfig, AgentError, now, startup::PinLock, status, watch::PolicyWatcher};
 use crate::{
-    bpf::PinnedMaps,
+    bpf::{Cgroup, Loaded, PinnedMaps, Pins},
     enforce::{EntryKey, Reconciler, compute, desired::check_representable},
     policy::{self, Hostname, Policy},
     resolve::{HostCache, Outcome, Upstream},
@@ -21,6 +21,8 @@ use crate::{
 const MAX_CONCURRENT_QUERIES: usize = 64;
 /// How soon a failed (or unfinished) reconciliation is tried again.
 const RECONCILE_RETRY: Duration = Duration::from_secs(2);
+/// How often the enforced cgroup is checked for having been deleted and created again.
+const CGROUP_CHECK: Duration = Duration::from_millis(500);
 
 pub struct Controller {
     config: AgentConfig,
@@ -42,6 +44,19 @@ pub struct Controller {
     /// The maps need another reconciliation soon: the last one failed, or port sets wait
     /// for removal.
     retry_reconcile: bool,
+    /// The attached programs and where, kept to attach again if the cgroup is recreated.
+    attachment: Option<Attachment>,
+    /// What keeps the maps from holding exactly the policy (from the last reconciliation).
+    map_problems: Vec<String>,
+    /// Set while the enforced cgroup is missing.
+    cgroup_problem: Option<String>,
+}
+
+/// The loaded programs, the cgroup they are attached to, and the pins of their links.
+pub(super) struct Attachment {
+    pub loaded: Loaded,
+    pub cgroup: Cgroup,
+    pub pins: Pins,
 }
 
 impl Controller {
@@ -72,6 +87,9 @@ impl Controller {
             status,
             lock: None,
             retry_reconcile: false,
+            attachment: None,
+            map_problems: Vec::new(),
+            cgroup_problem: None,
         };
         c.record_applied_policy();
         c
@@ -79,6 +97,68 @@ impl Controller {
 
     pub(super) fn hold(&mut self, lock: PinLock) {
         self.lock = Some(lock);
+    }
+
+    pub(super) fn keep(&mut self, attachment: Attachment) {
+        self.attachment = Some(attachment);
+    }
+
+    fn publish_problems(&mut self) {
+        self.status.problems = self
+            .cgroup_problem
+            .iter()
+            .chain(&self.map_problems)
+            .cloned()
+            .collect();
+    }
+
+    /// The enforced cgroup, deleted and created again, is a new cgroup (a new id) without
+    /// the programs: attach them to it. While it is missing, say so.
+    fn check_cgroup(&mut self) {
+        let Some(a) = &mut self.attachment else {
+            return;
+        };
+        let problem = match std::fs::metadata(&a.cgroup.path).map(|m| m.ino()) {
+            Ok(id) if id == a.cgroup.id => None,
+            Ok(id) => {
+                let recreated = Cgroup {
+                    path: a.cgroup.path.clone(),
+                    id,
+                };
+                match a.loaded.attach(&a.pins, &recreated) {
+                    Ok(_) => {
+                        tracing::warn!(
+                            cgroup = %recreated.path.display(),
+                            old_id = a.cgroup.id,
+                            new_id = id,
+                            "the enforced cgroup was created anew; the programs are attached to it"
+                        );
+                        a.cgroup = recreated;
+                        self.status.cgroup_id = id;
+                        None
+                    }
+                    Err(e) => Some(format!(
+                        "the enforced cgroup {} was created anew and the programs could not be \
+                         attached to it: {e}",
+                        a.cgroup.path.display()
+                    )),
+                }
+            }
+            Err(e) => Some(format!(
+                "the enforced cgroup {} is gone ({e}); the programs attach again when it reappears",
+                a.cgroup.path.display()
+            )),
+        };
+        if problem != self.cgroup_problem {
+            if let Some(p) = &problem {
+                tracing::error!("{p}");
+            }
+            self.cgroup_problem = problem;
+            self.publish_problems();
+            self.write_status();
+        } else if self.status.cgroup_id != a.cgroup.id {
+            self.write_status();
+        }
     }
 
     pub(super) fn policy(&self) -> &Policy {
@@ -110,6 +190,7 @@ impl Controller {
             source,
         })?;
         tokio::pin!(shutdown);
+        let mut cgroup_check = tokio::time::interval(CGROUP_CHECK);
         loop {
             let mut wait = self
                 .cache
@@ -122,6 +203,7 @@ impl Controller {
             }
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = cgroup_check.tick() => self.check_cgroup(),
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading the policy and refreshing every name");
                     self.reload(true).await;
@@ -239,7 +321,8 @@ impl Controller {
         let result = self.try_reconcile().map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "failed to update the maps fully; retrying shortly");
-            self.status.problems = vec![e.clone()];
+            self.map_problems = vec![e.clone()];
+            self.publish_problems();
             self.write_status();
         }
         self.retry_reconcile = result.is_err() || self.reconciler.retiring();
@@ -279,7 +362,8 @@ impl Controller {
                 "maps updated"
             );
         }
-        self.status.problems = problems;
+        self.map_problems = problems;
+        self.publish_problems();
         self.count_entries();
         self.write_status();
         Ok(())
@@ -357,7 +441,10 @@ impl Controller {
 
     fn record_applied_policy(&mut self) {
         self.status.policy = Some(status::AppliedPolicy {
-            path: self.config.policy.display().to_string(),
+            path: std::path::absolute(&self.config.policy)
+                .unwrap_or_else(|_| self.config.policy.clone())
+                .display()
+                .to_string(),
             digest: self.digest.clone(),
             applied_at: now(),
             mode: self.policy.mode.to_string(),

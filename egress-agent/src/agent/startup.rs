@@ -11,7 +11,7 @@ use std::{
 
 use egress_common::{AllowEntry, SourceKind, SourceRecord};
 
-use super::{AgentConfig, AgentError, Controller, now, status};
+use super::{AgentConfig, AgentError, Controller, controller::Attachment, now, status};
 use crate::{
     bpf::{self, Cgroup, PinnedMaps, Pins, fs::ensure_bpffs_dir, kernel},
     enforce::{EntryKey, MapStore as _, Reconciler, source},
@@ -175,7 +175,6 @@ async fn enforce(
     for (program, how) in report {
         tracing::info!(program, cgroup = %cgroup.path.display(), how = ?how, "attached");
     }
-    drop(loaded);
     let current = pins.generation(controller.max_entries()).dir;
     for old in pins.generations().into_iter().filter(|g| g.dir != current) {
         match bpf::pins::remove_generation(&old) {
@@ -187,6 +186,11 @@ async fn enforce(
             }
         }
     }
+    controller.keep(Attachment {
+        loaded,
+        cgroup: cgroup.clone(),
+        pins: pins.clone(),
+    });
     Ok(controller)
 }
 

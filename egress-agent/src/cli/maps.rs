@@ -167,7 +167,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "{:<40} {:<12} {:<10} {:<36} NEXT REFRESH",
         "SOURCE", "STATUS", "ADDRESSES", "RESOLVED"
     );
-    for s in sources.values() {
+    // With --family, only the sources of the entries shown.
+    let shown: std::collections::BTreeSet<_> = entries
+        .iter()
+        .filter(|(k, _)| wanted(k.is_v6()))
+        .flat_map(|(_, e)| e.sources[..(e.source_count as usize).min(e.sources.len())].to_vec())
+        .collect();
+    let now = egress_agent::agent::now();
+    for (id, s) in &sources {
+        if family.is_some() && !shown.contains(id) {
+            continue;
+        }
+        // A refresh time in the past means a query is under way (or waiting for a slot).
+        let refresh = if s.refresh_at != 0 && s.refresh_at < now {
+            "due now".to_owned()
+        } else {
+            when(s.refresh_at)
+        };
         let name = match s.kind {
             SourceKind::HOST => label(s),
             k => format!("{} ({})", label(s), kind_name(k)),
@@ -178,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             status_name(s.status),
             s.addr_count,
             when(s.resolved_at),
-            when(s.refresh_at)
+            refresh
         );
     }
     println!();
