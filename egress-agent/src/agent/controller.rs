@@ -41,9 +41,9 @@ pub struct Controller {
     last_tried: String,
     /// The pin directory's lock, held while the agent runs.
     lock: Option<PinLock>,
-    /// The maps need another reconciliation soon: the last one failed, or port sets wait
-    /// for removal.
-    retry_reconcile: bool,
+    /// When the maps need another reconciliation: the last one failed, or port sets wait for
+    /// removal.
+    retry_at: Option<tokio::time::Instant>,
     /// The attached programs and where, kept to attach again if the cgroup is recreated.
     attachment: Option<Attachment>,
     /// What keeps the maps from holding exactly the policy (from the last reconciliation).
@@ -86,7 +86,7 @@ impl Controller {
             queries: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
             status,
             lock: None,
-            retry_reconcile: false,
+            retry_at: None,
             attachment: None,
             map_problems: Vec::new(),
             cgroup_problem: None,
@@ -161,6 +161,12 @@ impl Controller {
         }
     }
 
+    /// Plans the next reconciliation when the last one failed or left port sets retiring.
+    fn schedule_retry(&mut self, failed: bool) {
+        self.retry_at = (failed || self.reconciler.retiring())
+            .then(|| tokio::time::Instant::now() + RECONCILE_RETRY);
+    }
+
     pub(super) fn policy(&self) -> &Policy {
         &self.policy
     }
@@ -191,16 +197,14 @@ impl Controller {
         })?;
         tokio::pin!(shutdown);
         let mut cgroup_check = tokio::time::interval(CGROUP_CHECK);
+        // Every branch below is cancellation safe, and timers are absolute deadlines: the
+        // twice-a-second cgroup check wins the select often, and must not starve the others.
         loop {
-            let mut wait = self
-                .cache
-                .next_deadline()
-                .map_or(Duration::from_secs(3600), |t| {
-                    Duration::from_secs(t.saturating_sub(now()))
-                });
-            if self.retry_reconcile {
-                wait = wait.min(RECONCILE_RETRY);
-            }
+            let cache_due = self.cache.next_deadline().map_or(
+                tokio::time::Instant::now() + Duration::from_secs(3600),
+                |t| tokio::time::Instant::now() + Duration::from_secs(t.saturating_sub(now())),
+            );
+            let deadline = self.retry_at.map_or(cache_due, |r| r.min(cache_due));
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = cgroup_check.tick() => self.check_cgroup(),
@@ -216,9 +220,12 @@ impl Controller {
                     }
                     let _ = self.reconcile();
                 }
-                () = tokio::time::sleep(wait) => {
+                () = tokio::time::sleep_until(deadline) => {
                     self.spawn_due();
-                    if self.cache.prune(now()) || self.retry_reconcile {
+                    let retry_due = self
+                        .retry_at
+                        .is_some_and(|r| r <= tokio::time::Instant::now());
+                    if self.cache.prune(now()) || retry_due {
                         let _ = self.reconcile();
                     }
                 }
@@ -325,14 +332,14 @@ impl Controller {
             self.publish_problems();
             self.write_status();
         }
-        self.retry_reconcile = result.is_err() || self.reconciler.retiring();
+        self.schedule_retry(result.is_err());
         result
     }
 
     /// As [`Self::reconcile`], but the error is returned (start-up).
     pub(super) fn reconcile_or_fail(&mut self) -> Result<(), AgentError> {
         self.try_reconcile()?;
-        self.retry_reconcile = self.reconciler.retiring();
+        self.schedule_retry(false);
         Ok(())
     }
 

@@ -16,8 +16,8 @@
 //! The host judges by these lines only (QEMU exits 0 even when the guest panics): a missing
 //! `done` line is a failure. The console (`/dev/ttyS0`) carries everything the tests print.
 //!
-//! Kernel command line options: `egress.filter=<substring>` is passed to every test binary
-//! as its name filter; `egress.probe=1` only reports `EGRESS-VM done` (used to find out
+//! Kernel command line options: `egress.filter=<substring>` runs the test binaries whose name
+//! contains it whole, and filters the tests of the others by name; `egress.probe=1` only reports `EGRESS-VM done` (used to find out
 //! whether KVM works on this host).
 
 use std::{
@@ -151,7 +151,8 @@ fn run_tests(command: &str, filter: Option<&str>, results: &mut Results) {
         .map_or_else(|| path.to_owned(), |n| n.to_string_lossy().into_owned());
     let mut cmd = Command::new(path);
     cmd.args(words);
-    if let Some(f) = filter {
+    // A filter naming the binary runs all of it; otherwise it filters test names.
+    if let Some(f) = filter.filter(|f| !name.contains(f)) {
         cmd.arg(f);
     }
     console(&format!("egress-vm-init: running {command}"));

@@ -47,7 +47,7 @@ pub struct VmTestArgs {
     /// kvm, tcg, or auto (KVM when a probe boot proves it works).
     #[arg(long, default_value = "auto")]
     pub accel: String,
-    /// Only tests whose name contains this (passed to each test binary).
+    /// Only the test binaries (tests/tests/*.rs) or tests whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
     /// Minutes one VM may run before it is stopped and counted as failed.
