@@ -27,12 +27,17 @@ enum Task {
     /// Set up, build, and run the demo: an Istio-style lockdown enforced in the kernel
     /// (needs root).
     Demo,
-    /// Set up, lint, and run every test, the privileged end-to-end ones included (needs root).
+    /// Set up, lint, and run every test: unit tests, the privileged end-to-end tests on this
+    /// kernel, then the same end-to-end tests on the VM kernel matrix (needs root).
     Test {
         /// Skip rustfmt and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Passed to `cargo test` (e.g. a test name filter after `--`).
+        /// Skip the VM kernel matrix (`cargo xtask vm-test` runs it alone).
+        #[arg(long)]
+        no_vm: bool,
+        /// Passed to `cargo test` (e.g. a test name filter after `--`); the VM matrix is
+        /// skipped when any are given.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -53,7 +58,11 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["build"])?;
             run(Command::new(root.join("target/debug/egress-demo")).current_dir(&root))
         }
-        Task::Test { no_lint, args } => {
+        Task::Test {
+            no_lint,
+            no_vm,
+            args,
+        } => {
             setup::run(&root)?;
             if !no_lint {
                 lint(&root)?;
@@ -65,7 +74,20 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["build"])?;
             let mut test_args = vec!["test", "--no-fail-fast"];
             test_args.extend(args.iter().map(String::as_str));
-            cargo(&root, &test_args)
+            let host = cargo(&root, &test_args);
+            if no_vm || !args.is_empty() {
+                eprintln!("test: the VM kernel matrix was not run (cargo xtask vm-test runs it)");
+                return host;
+            }
+            // The matrix runs even when the host tests failed: both results are wanted.
+            setup::qemu()?;
+            let vm = vm::run(&root, &vm::VmTestArgs::default());
+            match (host, vm) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(h), Ok(())) => Err(h),
+                (Ok(()), Err(v)) => Err(v),
+                (Err(h), Err(v)) => bail!("{h:#}; and on the VM kernels: {v:#}"),
+            }
         }
         Task::Lint => {
             setup::run(&root)?;

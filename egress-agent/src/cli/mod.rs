@@ -48,7 +48,7 @@ enum Command {
     Maps(maps::Args),
     /// Print the running agent's status.
     Status(status::Args),
-    /// Remove the programs and maps: enforcement stops.
+    /// Remove the programs and maps: enforcement stops (refused while an agent runs).
     Detach(detach::Args),
 }
 
@@ -95,7 +95,9 @@ pub fn when(unix: u64) -> String {
     }
     let now = egress_agent::agent::now();
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
-    let rel = if unix >= now {
+    let rel = if unix == now {
+        "now".to_owned()
+    } else if unix > now {
         format!(
             "in {}",
             humantime::format_duration(std::time::Duration::from_secs(unix - now))

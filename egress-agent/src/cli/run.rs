@@ -27,7 +27,7 @@ pub struct Args {
     /// /etc/resolv.conf.
     #[arg(long = "dns-server", value_parser = parse_server)]
     dns_servers: Vec<SocketAddr>,
-    /// Capacity of each map (exact v4, exact v6, prefixes v4, prefixes v6, sources).
+    /// Capacity of each map (exact v4, exact v6, prefixes v4, prefixes v6, port sets, sources).
     #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
     max_entries: u32,
     /// Directory for the status file.

@@ -173,6 +173,9 @@ pub fn run(root: &Path, args: &VmTestArgs) -> anyhow::Result<()> {
     }
     let order = |s: &str| selected.iter().position(|(n, _)| *n == s);
     reports.sort_by_key(|r| order(&r.series));
+    for r in reports.iter().filter(|r| r.accel.is_some() && !r.passed()) {
+        print_failure_excerpt(&work.join(format!("{}.console", r.series)), &r.series);
+    }
     print_table(&reports);
 
     let skipped = planned.iter().filter(|p| p.kernel.is_err()).count();
@@ -446,6 +449,21 @@ fn boot_and_judge(
     report
 }
 
+/// What a failed kernel's console says around its first panic (or its end), so that a CI
+/// log shows the cause without the console file.
+fn print_failure_excerpt(console: &Path, series: &str) {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("panicked at"))
+        .unwrap_or(lines.len().saturating_sub(60));
+    eprintln!("---- {series}: {} (from line {}) ----", console.display(), start + 1);
+    for line in lines.iter().skip(start).take(60) {
+        eprintln!("[{series}] {line}");
+    }
+}
+
 fn print_table(reports: &[Report]) {
     println!();
     println!(
@@ -509,4 +527,17 @@ fn which(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
+}
+
+impl Default for VmTestArgs {
+    /// What `cargo xtask test` runs: every kernel of the matrix, none may be missing.
+    fn default() -> Self {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: VmTestArgs,
+        }
+        Wrapper::parse_from(["vm-test", "--quiet"]).args
+    }
 }
