@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod enforce;
+pub mod events;
 mod hash;
 pub mod policy;
 pub mod ports;

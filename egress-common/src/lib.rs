@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a key or value layout below changes. The agent pins maps under a
 /// directory named after it, so a new layout gets new maps instead of misreading old ones.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Program names (the Rust function names of the kernel entry points).
 pub mod programs {
@@ -48,9 +48,18 @@ pub mod maps {
     /// Where entries come from (hostnames, rules): [`crate::SourceId`] → [`crate::SourceRecord`].
     /// Only user space reads it; it lives in bpffs so it is pinned with the entries it explains.
     pub const SOURCES: &str = "EGRESS_SOURCES";
+    /// Ring buffer of [`crate::Event`]s: the first denial of a flow, then at most one a second.
+    pub const EVENTS: &str = "EGRESS_EVENTS";
+    /// Per-CPU LRU hash [`crate::FlowKey`] → [`crate::FlowStat`]: every denial counted, so
+    /// counts stay exact however few events are sent and however many are lost.
+    pub const FLOWS: &str = "EGRESS_FLOWS";
     /// Every map, for pinning and for the ELF symbol test.
-    pub const ALL: [&str; 8] = [
-        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES,
+    pub const ALL: [&str; 10] = [
+        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, EVENTS, FLOWS,
+    ];
+    /// Maps pinned in a generation directory (the ring buffer is each agent's own).
+    pub const PINNED: [&str; 9] = [
+        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, FLOWS,
     ];
     /// Maps whose capacity follows the agent's `--max-entries`.
     pub const SIZED: [&str; 6] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, SOURCES];
@@ -246,7 +255,10 @@ impl Counter {
     /// Wire check: a packet for a loopback address was routed to a device other than
     /// loopback (`SO_BINDTODEVICE`, `IP_UNICAST_IF`, `IP_PKTINFO`); dropped.
     pub const WIRE_LOOPBACK: Self = Self(9);
-    pub const COUNT: u32 = 10;
+    /// An event could not be written: the ring buffer was full (the flow's count is still
+    /// exact in [`maps::FLOWS`]).
+    pub const EVENTS_LOST: Self = Self(10);
+    pub const COUNT: u32 = 11;
 
     /// Whether the counter records an allowed connection.
     pub const fn is_allow(self) -> bool {
@@ -263,6 +275,7 @@ impl Counter {
         "audit_would_deny",
         "wire_drop",
         "wire_loopback",
+        "events_lost",
     ];
 }
 
@@ -322,6 +335,87 @@ pub struct SourceRecord {
     pub label: [u8; MAX_LABEL],
 }
 
+/// Default size of [`maps::EVENTS`] in bytes (a power of two, as the kernel requires).
+pub const DEFAULT_EVENT_BUFFER: u32 = 1 << 20;
+/// Flows [`maps::FLOWS`] tracks at once (least recently denied ones are evicted).
+pub const FLOW_SLOTS: u32 = 16_384;
+/// A flow sends at most one event per CPU in this interval; denials in between are counted.
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Which program judged.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hook(pub u8);
+
+impl Hook {
+    pub const CONNECT4: Self = Self(1);
+    pub const CONNECT6: Self = Self(2);
+    pub const SENDMSG4: Self = Self(3);
+    pub const SENDMSG6: Self = Self(4);
+    pub const WIRE: Self = Self(5);
+}
+
+/// What happened to a flow.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Verdict(pub u8);
+
+impl Verdict {
+    pub const DENY: Self = Self(0);
+    /// Audit mode: it would have been denied.
+    pub const WOULD_DENY: Self = Self(1);
+}
+
+/// A denied flow: who (cgroup), where to (the address as judged: an IPv4 host reached
+/// through an AF_INET6 socket is IPv4 here), how, and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    /// IPv4 in the first four bytes when `family` is 4.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: Proto,
+    /// 4 or 6: the family of `addr`.
+    pub family: u8,
+    /// A [`Counter`] index: why it was denied.
+    pub reason: u8,
+    pub hook: Hook,
+    pub verdict: Verdict,
+    pub reserved: u8,
+}
+
+/// Per-CPU value of [`maps::FLOWS`]. `total` only grows (while the flow stays in the map);
+/// user space reads it and never writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStat {
+    pub total: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// When this CPU last sent an event for the flow (0: never).
+    pub emitted_ns: u64,
+}
+
+/// A record of [`maps::EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub key: FlowKey,
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// The flow's `total` on `cpu` when the event was sent.
+    pub total: u64,
+    /// Thread group id of the caller; 0 when the wire check judged (it runs without one).
+    pub pid: u32,
+    pub cpu: u32,
+    /// The caller's command name, NUL padded; empty from the wire check.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 32);
+const _: () = assert!(size_of::<FlowStat>() == 32);
+const _: () = assert!(size_of::<Event>() == 72);
 const _: () = assert!(size_of::<PortRange>() == 6);
 const _: () = assert!(size_of::<PortRanges>() == 392);
 const _: () = assert!(size_of::<PortSetId>() == 8);
@@ -344,4 +438,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SourceId {}
     unsafe impl aya::Pod for super::SourceRecord {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStat {}
 }

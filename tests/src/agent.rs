@@ -243,6 +243,46 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("maps prints JSON")
     }
 
+    /// `egress-agent events --json` from this agent: one JSON value per denied flow.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(binary())
+            .args(["events", "--json", "--state-dir"])
+            .arg(&self.state_dir)
+            .output()
+            .expect("run egress-agent events");
+        assert!(
+            out.status.success(),
+            "events failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("events prints JSON lines"))
+            .collect()
+    }
+
+    /// Waits until `events` satisfies `ok`; returns the last answer.
+    pub fn wait_events(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let events = self.events();
+            if ok(&events) {
+                return events;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {what} after {timeout:?}; events: {events:#?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `egress-agent maps` (the table) on this agent's pins.
     pub fn maps_text(&self) -> String {
         let out = Command::new(binary())

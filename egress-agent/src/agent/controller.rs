@@ -9,7 +9,10 @@ use tokio::{
     sync::{Semaphore, mpsc},
 };
 
-use super::{AgentConfig, AgentError, now, startup::PinLock, status, watch::PolicyWatcher};
+use super::{
+    AgentConfig, AgentError, metrics::AgentMetrics, now, startup::PinLock, status,
+    watch::PolicyWatcher,
+};
 use crate::{
     bpf::{Cgroup, Loaded, PinnedMaps, Pins},
     enforce::{EntryKey, Reconciler, compute, desired::check_representable},
@@ -50,6 +53,22 @@ pub struct Controller {
     map_problems: Vec<String>,
     /// Set while the enforced cgroup is missing.
     cgroup_problem: Option<String>,
+    observers: Observers,
+}
+
+/// Where the agent's figures go besides the status file.
+pub struct Observers {
+    pub metrics: Arc<AgentMetrics>,
+    pub status: tokio::sync::watch::Sender<status::Status>,
+}
+
+impl Default for Observers {
+    fn default() -> Self {
+        Self {
+            metrics: Arc::default(),
+            status: tokio::sync::watch::channel(status::Status::default()).0,
+        }
+    }
 }
 
 /// The loaded programs, the cgroup they are attached to, and the pins of their links.
@@ -70,6 +89,7 @@ impl Controller {
         upstream: Upstream,
         upstream_ips: Vec<IpAddr>,
         status: status::Status,
+        observers: Observers,
     ) -> Self {
         let (results_tx, results) = mpsc::unbounded_channel();
         let mut c = Self {
@@ -90,6 +110,7 @@ impl Controller {
             attachment: None,
             map_problems: Vec::new(),
             cgroup_problem: None,
+            observers,
         };
         c.record_applied_policy();
         c
@@ -175,6 +196,12 @@ impl Controller {
         self.config.max_entries
     }
 
+    /// Records where the metrics endpoint listens.
+    pub(super) fn set_metrics_address(&mut self, addr: std::net::SocketAddr) {
+        self.status.metrics = Some(addr.to_string());
+        self.write_status();
+    }
+
     pub(super) fn mark_ready(&mut self) {
         self.status.ready = true;
         self.write_status();
@@ -207,7 +234,10 @@ impl Controller {
             let deadline = self.retry_at.map_or(cache_due, |r| r.min(cache_due));
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = cgroup_check.tick() => self.check_cgroup(),
+                _ = cgroup_check.tick() => {
+                    self.observers.metrics.beat();
+                    self.check_cgroup();
+                }
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading the policy and refreshing every name");
                     self.reload(true).await;
@@ -251,9 +281,18 @@ impl Controller {
             self.results_tx.clone(),
             self.queries.clone(),
         );
+        let metrics = self.observers.metrics.clone();
         tokio::spawn(async move {
             let _permit = queries.acquire_owned().await;
+            let started = std::time::Instant::now();
             let outcome = upstream.resolve(&host).await;
+            let result = match &outcome {
+                Outcome::Addresses(_) => "ok",
+                Outcome::NoAddress { nxdomain: true, .. } => "nxdomain",
+                Outcome::NoAddress { .. } => "no_address",
+                Outcome::Failed(_) => "error",
+            };
+            metrics.dns(result, started.elapsed().as_secs_f64());
             let _ = tx.send((host, outcome));
         });
     }
@@ -397,6 +436,7 @@ impl Controller {
             Err(error) => {
                 tracing::error!(%error, "policy rejected; the last good policy stays in force");
                 self.status.reloads_failed += 1;
+                self.observers.metrics.reload(false, at);
                 self.status.last_reload = Some(status::Reload {
                     at,
                     ok: false,
@@ -422,6 +462,7 @@ impl Controller {
             Ok(()) => self.status.reloads_ok += 1,
             Err(_) => self.status.reloads_failed += 1,
         }
+        self.observers.metrics.reload(applied.is_ok(), at);
         self.status.last_reload = Some(status::Reload {
             at,
             ok: applied.is_ok(),
@@ -471,13 +512,17 @@ impl Controller {
                 EntryKey::Net6(_) => counts.cidr_v6 += 1,
             }
         }
+        counts.port_sets = self.reconciler.ports().len();
+        counts.sources = self.reconciler.sources().len();
         self.status.entries = counts;
         self.status.hosts = self.cache.iter().count();
     }
 
+    /// Writes the status file and hands the status to the metrics endpoint.
     fn write_status(&self) {
         if let Err(e) = status::write(&self.config.state_dir, &self.status) {
             tracing::warn!(error = %e, "cannot write the status file");
         }
+        self.observers.status.send_replace(self.status.clone());
     }
 }

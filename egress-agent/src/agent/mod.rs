@@ -12,7 +12,9 @@
 //!    SIGHUP (a bad file is logged and ignored), until shutdown. Shutdown leaves the pins, so
 //!    enforcement continues without an agent; `egress-agent detach` removes it.
 
+pub mod api;
 mod controller;
+pub mod metrics;
 mod startup;
 pub mod status;
 mod watch;
@@ -27,6 +29,10 @@ use std::{
 pub use controller::Controller;
 pub use startup::{PinLock, lock};
 
+use crate::{
+    bpf::PinnedMaps,
+    events::EventHub,
+};
 use crate::{
     bpf::{
         fs::FsError,
@@ -53,6 +59,10 @@ pub struct AgentConfig {
     pub max_entries: u32,
     pub resolver: ResolverSettings,
     pub state_dir: PathBuf,
+    /// Size of the denial event ring buffer, in bytes (a power of two, at least a page).
+    pub event_buffer: u32,
+    /// Address of the Prometheus endpoint, if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,11 +102,47 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Runs the agent until `shutdown` completes.
+/// Runs the agent until `shutdown` completes: the controller loop, and beside it the event
+/// reader, the local API and (with `--metrics`) the Prometheus endpoint.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let mut controller = startup::start(config).await?;
+    let observers = controller::Observers::default();
+    let metrics = observers.metrics.clone();
+    let status = observers.status.subscribe();
+    let started = startup::start(config.clone(), observers).await?;
+    let mut controller = started.controller;
+    let hub = EventHub::default();
+    let open = |what| {
+        PinnedMaps::open(&started.generation).map_err(|e| AgentError::Io {
+            what,
+            path: started.generation.dir.clone(),
+            source: std::io::Error::other(e),
+        })
+    };
+    let lookup = open("open the maps for the event reader in")?;
+    let cgroup = started.cgroup.clone();
+    let reader_hub = hub.clone();
+    tokio::spawn(async move {
+        crate::events::reader::run(started.events, lookup, &cgroup, reader_hub).await;
+    });
+    api::serve(&config.state_dir, hub.clone()).map_err(|source| AgentError::Io {
+        what: "serve the local API in",
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    if let Some(addr) = config.metrics {
+        let maps = open("open the maps for the metrics in")?;
+        let bound = metrics::serve(addr, metrics, maps, status, hub)
+            .await
+            .map_err(|source| AgentError::Io {
+                what: "serve metrics on",
+                path: PathBuf::from(addr.to_string()),
+                source,
+            })?;
+        tracing::info!(address = %bound, "metrics at /metrics, health at /healthz and /readyz");
+        controller.set_metrics_address(bound);
+    }
     controller.run(shutdown).await
 }

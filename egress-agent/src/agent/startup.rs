@@ -6,14 +6,23 @@ use std::{
     fs::File,
     net::{IpAddr, SocketAddr},
     os::fd::AsRawFd as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use egress_common::{AllowEntry, SourceKind, SourceRecord};
 
-use super::{AgentConfig, AgentError, Controller, controller::Attachment, now, status};
+use super::{
+    AgentConfig, AgentError, Controller,
+    controller::{Attachment, Observers},
+    now, status,
+};
 use crate::{
-    bpf::{self, Cgroup, PinnedMaps, Pins, fs::ensure_bpffs_dir, kernel},
+    bpf::{
+        self, Cgroup, PinnedMaps, Pins,
+        fs::ensure_bpffs_dir,
+        kernel,
+        loader::{EventMaps, LoadError},
+    },
     enforce::{EntryKey, MapStore as _, Reconciler, source},
     policy::{self, Hostname, Policy},
     resolve::{HostCache, Upstream, servers_from_resolv_conf},
@@ -38,7 +47,16 @@ pub fn lock(dir: &Path) -> Result<PinLock, AgentError> {
     Ok(PinLock(file))
 }
 
-pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
+/// A started agent: the controller, and what the event reader needs.
+pub struct Started {
+    pub controller: Controller,
+    pub events: EventMaps,
+    pub generation: bpf::Generation,
+    /// The enforced cgroup's directory.
+    pub cgroup: PathBuf,
+}
+
+pub async fn start(config: AgentConfig, observers: Observers) -> Result<Started, AgentError> {
     let release = kernel::running_release()?;
     if let Some(warning) = kernel::check(&release)? {
         tracing::warn!("{warning}");
@@ -83,16 +101,22 @@ pub async fn start(config: AgentConfig) -> Result<Controller, AgentError> {
                 policy,
                 &text,
                 status.clone(),
+                observers,
             )
             .await
         }
         Err(e) => Err(e),
     };
     match started {
-        Ok(mut controller) => {
+        Ok((mut controller, events, generation)) => {
             controller.hold(pin_lock);
             controller.mark_ready();
-            Ok(controller)
+            Ok(Started {
+                controller,
+                events,
+                generation,
+                cgroup: cgroup.path.clone(),
+            })
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot enforce the policy");
@@ -122,11 +146,13 @@ async fn enforce(
     policy: Policy,
     text: &str,
     status: status::Status,
-) -> Result<Controller, AgentError> {
+    observers: Observers,
+) -> Result<(Controller, EventMaps, bpf::Generation), AgentError> {
     for note in &policy.notes {
         tracing::info!(note = %note, "policy note");
     }
-    let (mut loaded, maps) = bpf::load(pins, config.max_entries)?;
+    let (mut loaded, maps) = bpf::load(pins, config.max_entries, config.event_buffer)?;
+    let events = loaded.take_event_maps().map_err(LoadError::from)?;
     let previous = previous_generation(pins, &loaded.generation);
     let upstream = Upstream::new(dns_servers.clone(), config.dns_timeout)?;
     let mut cache = HostCache::new(config.resolver.clone());
@@ -164,6 +190,7 @@ async fn enforce(
         upstream,
         upstream_ips,
         status,
+        observers,
     );
     controller
         .fits(controller.policy(), at)
@@ -186,12 +213,13 @@ async fn enforce(
             }
         }
     }
+    let generation = loaded.generation.clone();
     controller.keep(Attachment {
         loaded,
         cgroup: cgroup.clone(),
         pins: pins.clone(),
     });
-    Ok(controller)
+    Ok((controller, events, generation))
 }
 
 /// Another readable generation of maps this agent is replacing (other capacity).
@@ -238,7 +266,7 @@ fn fail_closed(config: &AgentConfig, pins: &Pins, cgroup: &Cgroup) -> Result<Str
         tracing::warn!("{msg}");
         return Ok(msg);
     }
-    let (mut loaded, maps) = bpf::load(pins, config.max_entries)?;
+    let (mut loaded, maps) = bpf::load(pins, config.max_entries, config.event_buffer)?;
     let mut reconciler = Reconciler::new(maps)?;
     let deny_all = crate::enforce::compute(&Policy::default(), &HostCache::default(), &[], now());
     reconciler.apply(&deny_all)?;

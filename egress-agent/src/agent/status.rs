@@ -37,6 +37,9 @@ pub struct Status {
     pub hosts: usize,
     /// Conditions that keep the agent from enforcing exactly its policy.
     pub problems: Vec<String>,
+    /// Where the Prometheus endpoint listens (`--metrics`), as bound.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,6 +67,10 @@ pub struct EntryCounts {
     pub v6: usize,
     pub cidr_v4: usize,
     pub cidr_v6: usize,
+    #[serde(default)]
+    pub port_sets: usize,
+    #[serde(default)]
+    pub sources: usize,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {

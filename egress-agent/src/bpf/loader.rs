@@ -4,13 +4,14 @@ use std::{fs::File, io, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     EbpfLoader,
-    maps::MapInfo,
+    maps::{MapData, MapInfo, PerCpuHashMap, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, ProgramFd, links::FdLink,
     },
 };
 use egress_common::{
-    AllowEntry, Config, PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, maps, programs,
+    AllowEntry, Config, Counter, FLOW_SLOTS, FlowKey, FlowStat, PortRanges, PortSetId, SourceId,
+    SourceRecord, V4Key, V6Key, maps, programs,
 };
 
 use super::{
@@ -62,6 +63,13 @@ pub struct Loaded {
     pub generation: Generation,
 }
 
+/// The maps that carry denials to user space: the ring buffer of events (not pinned: each
+/// agent reads the one its programs write) and the pinned per-flow counts.
+pub struct EventMaps {
+    pub events: RingBuf<MapData>,
+    pub flows: PerCpuHashMap<MapData, FlowKey, FlowStat>,
+}
+
 /// Key and value sizes each map must have, and whether its capacity follows `--max-entries`.
 fn expected_layout(name: &str) -> (usize, usize, bool) {
     use std::mem::size_of;
@@ -74,14 +82,25 @@ fn expected_layout(name: &str) -> (usize, usize, bool) {
         maps::CONFIG => (4, size_of::<Config>(), false),
         maps::COUNTERS => (4, size_of::<u64>(), false),
         maps::SOURCES => (size_of::<SourceId>(), size_of::<SourceRecord>(), true),
+        maps::FLOWS => (size_of::<FlowKey>(), size_of::<FlowStat>(), false),
         _ => (0, 0, false),
+    }
+}
+
+/// The fixed capacity of a map whose capacity does not follow `--max-entries`.
+fn fixed_capacity(name: &str) -> Option<u32> {
+    match name {
+        maps::CONFIG => Some(1),
+        maps::COUNTERS => Some(Counter::COUNT),
+        maps::FLOWS => Some(FLOW_SLOTS),
+        _ => None,
     }
 }
 
 /// Refuses pinned maps whose shape differs from what this binary would create: a reused
 /// map with another layout would be misread by the programs.
 fn check_pinned(generation: &Generation) -> Result<(), LoadError> {
-    for name in maps::ALL {
+    for name in maps::PINNED {
         let path = generation.map_path(name);
         if !path.exists() {
             continue;
@@ -98,12 +117,15 @@ fn check_pinned(generation: &Generation) -> Result<(), LoadError> {
         if info.value_size() as usize != value {
             problems.push(format!("value size {} ≠ {value}", info.value_size()));
         }
-        if sized && info.max_entries() != generation.max_entries {
-            problems.push(format!(
-                "capacity {} ≠ {}",
-                info.max_entries(),
-                generation.max_entries
-            ));
+        let capacity = if sized {
+            Some(generation.max_entries)
+        } else {
+            fixed_capacity(name)
+        };
+        if let Some(want) = capacity
+            && info.max_entries() != want
+        {
+            problems.push(format!("capacity {} ≠ {want}", info.max_entries()));
         }
         if !problems.is_empty() {
             return Err(LoadError::Incompatible {
@@ -117,7 +139,11 @@ fn check_pinned(generation: &Generation) -> Result<(), LoadError> {
 
 /// Loads the object, creating the generation's maps or reusing them when pinned, and loads
 /// (verifies) every program. Nothing is attached yet.
-pub fn load(pins: &Pins, max_entries: u32) -> Result<(Loaded, PinnedMaps), LoadError> {
+pub fn load(
+    pins: &Pins,
+    max_entries: u32,
+    event_buffer: u32,
+) -> Result<(Loaded, PinnedMaps), LoadError> {
     if !object::present() {
         return Err(LoadError::NoObject);
     }
@@ -128,7 +154,7 @@ pub fn load(pins: &Pins, max_entries: u32) -> Result<(Loaded, PinnedMaps), LoadE
     })?;
     check_pinned(&generation)?;
     let mut loader = EbpfLoader::new();
-    let paths: Vec<(&'static str, PathBuf)> = maps::ALL
+    let paths: Vec<(&'static str, PathBuf)> = maps::PINNED
         .iter()
         .map(|&name| (name, generation.map_path(name)))
         .collect();
@@ -138,6 +164,7 @@ pub fn load(pins: &Pins, max_entries: u32) -> Result<(Loaded, PinnedMaps), LoadE
     for name in maps::SIZED {
         loader.map_max_entries(name, max_entries);
     }
+    loader.map_max_entries(maps::EVENTS, event_buffer);
     let mut ebpf = loader.load(object::OBJECT)?;
     for name in programs::ALL {
         let loaded = match ebpf.program_mut(name) {
@@ -161,6 +188,21 @@ pub enum Attached {
 }
 
 impl Loaded {
+    /// The event maps, once (the events pipeline takes them).
+    pub fn take_event_maps(&mut self) -> Result<EventMaps, OpenError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut aya::Ebpf,
+            name: &'static str,
+        ) -> Result<T, OpenError> {
+            let map = ebpf.take_map(name).ok_or(OpenError::Missing { name })?;
+            T::try_from(map).map_err(|source| OpenError::Map { name, source })
+        }
+        Ok(EventMaps {
+            events: take(&mut self.ebpf, maps::EVENTS)?,
+            flows: take(&mut self.ebpf, maps::FLOWS)?,
+        })
+    }
+
     /// Attaches every program to `cgroup`. Where a pinned link exists (a previous agent's),
     /// its program is replaced atomically; otherwise a link is created and pinned. Links
     /// pinned for other cgroups (a previous `--cgroup`) are then removed.

@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{
@@ -77,6 +77,76 @@ impl PinnedMaps {
             },
             generation.max_entries,
         )
+    }
+
+    /// The entry the kernel would find for `addr`: the exact address, else the longest
+    /// matching prefix.
+    pub fn lookup(&self, addr: IpAddr) -> Option<(EntryKey, AllowEntry)> {
+        match addr {
+            IpAddr::V4(a) => {
+                if let Ok(e) = self.allow_v4.get(&V4Key { addr: a.octets() }, 0) {
+                    return Some((EntryKey::V4(a), e));
+                }
+                let e = self.cidr_v4.get(&Key::new(32, a.octets()), 0).ok()?;
+                let net = self.longest_v4(a)?;
+                Some((EntryKey::Net4(net), e))
+            }
+            IpAddr::V6(a) => {
+                if let Ok(e) = self.allow_v6.get(&V6Key { addr: a.octets() }, 0) {
+                    return Some((EntryKey::V6(a), e));
+                }
+                let e = self.cidr_v6.get(&Key::new(128, a.octets()), 0).ok()?;
+                let net = self.longest_v6(a)?;
+                Some((EntryKey::Net6(net), e))
+            }
+        }
+    }
+
+    /// The longest prefix of the trie that contains `a` (the trie's lookup returns only the
+    /// value, so the key is found by trying lengths from the longest).
+    fn longest_v4(&self, a: Ipv4Addr) -> Option<Ipv4Net> {
+        (0..=32u8).rev().find_map(|len| {
+            let net = Ipv4Net::new(a, len).ok()?.trunc();
+            self.cidr_v4
+                .get(&Key::new(u32::from(len), net.addr().octets()), 0)
+                .ok()
+                .filter(|_| self.has_prefix_v4(net))
+                .map(|_| net)
+        })
+    }
+
+    fn longest_v6(&self, a: Ipv6Addr) -> Option<Ipv6Net> {
+        (0..=128u8).rev().find_map(|len| {
+            let net = Ipv6Net::new(a, len).ok()?.trunc();
+            self.cidr_v6
+                .get(&Key::new(u32::from(len), net.addr().octets()), 0)
+                .ok()
+                .filter(|_| self.has_prefix_v6(net))
+                .map(|_| net)
+        })
+    }
+
+    /// Whether `net` itself is a key of the trie (a lookup of it could match a shorter one).
+    fn has_prefix_v4(&self, net: Ipv4Net) -> bool {
+        self.cidr_v4.keys().filter_map(Result::ok).any(|k| {
+            k.prefix_len() == u32::from(net.prefix_len()) && k.data() == net.addr().octets()
+        })
+    }
+
+    fn has_prefix_v6(&self, net: Ipv6Net) -> bool {
+        self.cidr_v6.keys().filter_map(Result::ok).any(|k| {
+            k.prefix_len() == u32::from(net.prefix_len()) && k.data() == net.addr().octets()
+        })
+    }
+
+    /// One source record.
+    pub fn source(&self, id: SourceId) -> Option<SourceRecord> {
+        self.sources.get(&id, 0).ok()
+    }
+
+    /// One port set.
+    pub fn port_set(&self, id: PortSetId) -> Option<PortRanges> {
+        self.ports.get(&id, 0).ok()
     }
 
     /// Sums the per-CPU verdict counters, in [`Counter`] order.

@@ -2,6 +2,7 @@
 
 mod check;
 mod detach;
+mod events;
 mod maps;
 mod run;
 mod status;
@@ -48,6 +49,8 @@ enum Command {
     Maps(maps::Args),
     /// Print the running agent's status.
     Status(status::Args),
+    /// Print the denied flows (who, where to, why, how often), from the running agent.
+    Events(events::Args),
     /// Remove the programs and maps: enforcement stops (refused while an agent runs).
     Detach(detach::Args),
 }
@@ -58,6 +61,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(args),
         Command::Maps(args) => maps::run(args),
         Command::Status(args) => status::run(args),
+        Command::Events(args) => events::run(args),
         Command::Detach(args) => detach::run(args),
     }
 }

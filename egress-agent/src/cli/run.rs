@@ -7,7 +7,7 @@ use egress_agent::{
     agent::{self, AgentConfig},
     resolve::ResolverSettings,
 };
-use egress_common::DEFAULT_MAX_ENTRIES;
+use egress_common::{DEFAULT_EVENT_BUFFER, DEFAULT_MAX_ENTRIES};
 
 use super::{BpffsArg, DEFAULT_STATE_DIR};
 
@@ -51,6 +51,21 @@ pub struct Args {
     /// How long start-up and reloads wait for names before applying without them.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     resolve_wait: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and /readyz.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Size in bytes of the ring buffer that carries denial events (a power of two, 4096 or
+    /// more). Events that do not fit are counted as lost; their counts are kept.
+    #[arg(long, default_value_t = DEFAULT_EVENT_BUFFER, value_parser = parse_event_buffer)]
+    event_buffer: u32,
+}
+
+fn parse_event_buffer(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096"));
+    }
+    Ok(n)
 }
 
 fn parse_server(s: &str) -> Result<SocketAddr, String> {
@@ -76,6 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stale_for,
         dns_timeout,
         resolve_wait,
+        metrics,
+        event_buffer,
     } = args;
     anyhow::ensure!(max_entries > 0, "--max-entries must be at least 1");
     let config = AgentConfig {
@@ -94,6 +111,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..ResolverSettings::default()
         },
         state_dir,
+        event_buffer,
+        metrics,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

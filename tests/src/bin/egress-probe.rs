@@ -20,6 +20,10 @@
 //!   pushed out of a real device);
 //! - `icmp-ping`: an ICMP echo request from an unprivileged "ping" socket, sendto ADDR.
 //!
+//! Bursts, for counting: `tcp-each ADDR:FIRST-LAST` connects once to every port of the
+//! range, `tcp-repeat ADDR,N` N times to one address; both succeed when every attempt was
+//! refused with EPERM.
+//!
 //! And one that receives: `tcp-serve` listens on ADDR, accepts one connection (5 s), echoes
 //! one byte back.
 
@@ -377,6 +381,37 @@ fn run(op: &str, arg: &str) -> io::Result<()> {
                     len,
                 )
             })
+        }
+        "tcp-each" | "tcp-repeat" => {
+            let targets: Vec<SocketAddr> = if op == "tcp-each" {
+                let (host, range) = arg
+                    .rsplit_once(':')
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "want ADDR:A-B"))?;
+                let (a, b) = range
+                    .split_once('-')
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "want A-B"))?;
+                let bad = |_| io::Error::new(io::ErrorKind::InvalidInput, "bad port");
+                let (a, b): (u16, u16) = (a.parse().map_err(bad)?, b.parse().map_err(bad)?);
+                (a..=b)
+                    .map(|p| parse(&format!("{host}:{p}")))
+                    .collect::<io::Result<_>>()?
+            } else {
+                let (addr, n) = arg
+                    .split_once(',')
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "want ADDR,N"))?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad count"))?;
+                vec![parse(addr)?; n]
+            };
+            for t in &targets {
+                match tcp_connect(&socket(t, libc::SOCK_STREAM)?, t) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                    Ok(()) => return Err(io::Error::other(format!("{t} was not refused"))),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
         }
         "tcp-serve" => {
             let addr = parse(arg)?;
