@@ -65,7 +65,11 @@ fn each_denied_flow_is_one_event_with_who_where_and_why() {
     assert!(r[..5].iter().all(|o| o["errno"] == 1), "{r:?}");
     assert_eq!(r[5]["ok"], true);
     let events = agent.wait_events(WAIT, "five denied flows", |e| e.len() >= 5);
-    assert_eq!(events.len(), 5, "one per denied flow, none for the allowed: {events:#?}");
+    assert_eq!(
+        events.len(),
+        5,
+        "one per denied flow, none for the allowed: {events:#?}"
+    );
     let cgroup = world.cgroup.pod().display().to_string();
     for (dst, port, proto, hook, reason) in [
         ("203.0.113.66", 443, "TCP", "connect4", "no_entry"),
@@ -130,10 +134,8 @@ fn repeated_denials_are_aggregated_with_nothing_lost() {
 /// Audit mode lets the connection through and reports the would-be denial.
 #[test]
 fn audit_mode_lets_through_and_reports_would_deny() {
-    let audit = format!(
-        "outboundTrafficPolicy:\n  mode: ALLOW_ANY\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api}}\nspec:\n  hosts: [api.allowed.test]\n  ports: [{{number: 443, name: https, protocol: TLS}}]\n"
-    );
-    let (world, agent) = World::enforcing(zone(), &audit, &[]);
+    let audit = "outboundTrafficPolicy:\n  mode: ALLOW_ANY\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api}\nspec:\n  hosts: [api.allowed.test]\n  ports: [{number: 443, name: https, protocol: TLS}]\n";
+    let (world, agent) = World::enforcing(zone(), audit, &[]);
     let r = probe::run(
         &world.pod,
         &[("tcp", "203.0.113.66:443"), ("tcp", "198.51.100.10:443")],
@@ -151,8 +153,7 @@ fn audit_mode_lets_through_and_reports_would_deny() {
 #[test]
 fn ring_buffer_overflow_is_accounted_for() {
     const FLOWS: u64 = 3000;
-    let (world, agent) =
-        World::enforcing(zone(), &policy(), &["--event-buffer", "4096"]);
+    let (world, agent) = World::enforcing(zone(), &policy(), &["--event-buffer", "4096"]);
     let r = probe::run(&world.pod, &[("tcp-each", "203.0.113.66:20001-23000")]);
     assert!(r[0].ok, "{r:?}");
     // Flows known only from the sweep of the kernel's counts have no process.
@@ -162,7 +163,10 @@ fn ring_buffer_overflow_is_accounted_for() {
     let received = events.iter().filter(|e| e["pid"] != 0).count() as u64;
     let counters = &agent.maps_json()["counters"];
     let lost = counters["events_lost"].as_u64().unwrap();
-    assert!(lost > 0, "a 4 KiB ring buffer cannot take {FLOWS} events at once");
+    assert!(
+        lost > 0,
+        "a 4 KiB ring buffer cannot take {FLOWS} events at once"
+    );
     assert_eq!(received + lost, FLOWS, "received {received}, lost {lost}");
     let total: u64 = events.iter().map(|e| e["count"].as_u64().unwrap()).sum();
     assert_eq!(total, FLOWS, "no denial uncounted");

@@ -78,7 +78,9 @@ impl Default for AgentMetrics {
 impl AgentMetrics {
     /// One DNS resolution of a name (A and AAAA): `ok`, `nxdomain`, `no_address` or `error`.
     pub fn dns(&self, result: &'static str, seconds: f64) {
-        self.dns_queries.get_or_create(&vec![("result", result)]).inc();
+        self.dns_queries
+            .get_or_create(&vec![("result", result)])
+            .inc();
         self.dns_duration.observe(seconds);
     }
 
@@ -167,7 +169,10 @@ impl Collector for KernelCollector {
             "egress_audit_would_deny",
             "Denials let through because the policy is in audit mode",
             MetricType::Counter,
-            [(vec![], ConstCounter::new(c(KernelCounter::AUDIT_WOULD_DENY)))],
+            [(
+                vec![],
+                ConstCounter::new(c(KernelCounter::AUDIT_WOULD_DENY)),
+            )],
         )?;
         family(
             &mut encoder,
@@ -247,9 +252,9 @@ impl Collector for KernelCollector {
             "egress_hostname_addresses",
             "Addresses each hostname contributes to the maps now",
             MetricType::Gauge,
-            hosts.into_iter().map(|(h, n)| {
-                (vec![("hostname", h)], ConstGauge::new(i64::from(n)))
-            }),
+            hosts
+                .into_iter()
+                .map(|(h, n)| (vec![("hostname", h)], ConstGauge::new(i64::from(n)))),
         )?;
         family(
             &mut encoder,
@@ -269,7 +274,10 @@ impl Collector for KernelCollector {
             "egress_ready",
             "1 once the programs are attached and the policy applied",
             MetricType::Gauge,
-            [(vec![], ConstGauge::new(i64::from(status.ready && status.running)))],
+            [(
+                vec![],
+                ConstGauge::new(i64::from(status.ready && status.running)),
+            )],
         )?;
         Ok(())
     }

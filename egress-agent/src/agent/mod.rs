@@ -29,10 +29,7 @@ use std::{
 pub use controller::Controller;
 pub use startup::{PinLock, lock};
 
-use crate::{
-    bpf::PinnedMaps,
-    events::EventHub,
-};
+use crate::{bpf::PinnedMaps, events::EventHub};
 use crate::{
     bpf::{
         fs::FsError,

@@ -81,7 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 writeln!(
                     out,
                     "{:<20} {:>6}  {:<10} {:<19} {:<44} {:<28} {:<22} CGROUP",
-                    "LAST SEEN", "COUNT", "VERDICT", "REASON", "DESTINATION", "HOSTNAMES", "PROCESS"
+                    "LAST SEEN",
+                    "COUNT",
+                    "VERDICT",
+                    "REASON",
+                    "DESTINATION",
+                    "HOSTNAMES",
+                    "PROCESS"
                 )?;
                 header = false;
             }

@@ -3,6 +3,8 @@
 mod check;
 mod detach;
 mod events;
+mod explain;
+mod learn;
 mod maps;
 mod run;
 mod status;
@@ -51,6 +53,12 @@ enum Command {
     Status(status::Args),
     /// Print the denied flows (who, where to, why, how often), from the running agent.
     Events(events::Args),
+    /// Say whether the kernel allows a destination, and which entry (or none) decides.
+    Explain(explain::ExplainArgs),
+    /// List the entries, hostnames and rules behind an address.
+    WhoHas(explain::WhoHasArgs),
+    /// Print a proposed policy: the current one plus what was denied (or would have been).
+    Learn(learn::Args),
     /// Remove the programs and maps: enforcement stops (refused while an agent runs).
     Detach(detach::Args),
 }
@@ -62,6 +70,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Maps(args) => maps::run(args),
         Command::Status(args) => status::run(args),
         Command::Events(args) => events::run(args),
+        Command::Explain(args) => explain::explain(args),
+        Command::WhoHas(args) => explain::who_has(args),
+        Command::Learn(args) => learn::run(args),
         Command::Detach(args) => detach::run(args),
     }
 }

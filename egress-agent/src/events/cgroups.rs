@@ -103,9 +103,13 @@ pub fn kubelet_ids(path: &str) -> (Option<String>, Option<String>) {
 /// A pod UID: 36 characters of hex digits and dashes (8-4-4-4-12).
 fn is_uid(s: &str) -> bool {
     s.len() == 36
-        && s.bytes()
-            .enumerate()
-            .all(|(i, b)| if [8, 13, 18, 23].contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() })
+        && s.bytes().enumerate().all(|(i, b)| {
+            if [8, 13, 18, 23].contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
 }
 
 #[cfg(test)]
@@ -119,8 +123,14 @@ mod tests {
     fn systemd_driver_paths() {
         let uid_ = UID.replace('-', "_");
         for (qos_slice, pod_slice) in [
-            ("kubepods-burstable.slice/", format!("kubepods-burstable-pod{uid_}.slice")),
-            ("kubepods-besteffort.slice/", format!("kubepods-besteffort-pod{uid_}.slice")),
+            (
+                "kubepods-burstable.slice/",
+                format!("kubepods-burstable-pod{uid_}.slice"),
+            ),
+            (
+                "kubepods-besteffort.slice/",
+                format!("kubepods-besteffort-pod{uid_}.slice"),
+            ),
             ("", format!("kubepods-pod{uid_}.slice")),
         ] {
             for scope in [
@@ -142,7 +152,10 @@ mod tests {
     fn cgroupfs_driver_paths() {
         for qos in ["burstable/", "besteffort/", ""] {
             let path = format!("/sys/fs/cgroup/kubepods/{qos}pod{UID}/{CID}");
-            assert_eq!(kubelet_ids(&path), (Some(UID.to_owned()), Some(CID.to_owned())));
+            assert_eq!(
+                kubelet_ids(&path),
+                (Some(UID.to_owned()), Some(CID.to_owned()))
+            );
         }
         let pod_only = format!("/sys/fs/cgroup/kubepods/pod{UID}");
         assert_eq!(kubelet_ids(&pod_only), (Some(UID.to_owned()), None));
@@ -150,7 +163,10 @@ mod tests {
 
     #[test]
     fn other_paths_name_no_pod() {
-        assert_eq!(kubelet_ids("/sys/fs/cgroup/unified/egress-test/pod1"), (None, None));
+        assert_eq!(
+            kubelet_ids("/sys/fs/cgroup/unified/egress-test/pod1"),
+            (None, None)
+        );
         assert_eq!(kubelet_ids("/system.slice/docker.service"), (None, None));
     }
 }

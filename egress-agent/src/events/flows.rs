@@ -196,7 +196,12 @@ impl FlowTable {
 
 pub fn destination(key: &FlowKey) -> IpAddr {
     if key.family == 4 {
-        IpAddr::V4(Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]))
+        IpAddr::V4(Ipv4Addr::new(
+            key.addr[0],
+            key.addr[1],
+            key.addr[2],
+            key.addr[3],
+        ))
     } else {
         IpAddr::V6(Ipv6Addr::from(key.addr))
     }
@@ -292,12 +297,20 @@ mod tests {
         let r = t.on_event(&event(k, 0, 1), 1_000, Context::default);
         assert_eq!((r.count, r.pid, r.comm.as_str()), (1, 42, "curl"));
         assert_eq!(r.destination.to_string(), "203.0.113.66");
-        assert_eq!((r.reason.as_str(), r.hook.as_str()), ("no_entry", "connect4"));
+        assert_eq!(
+            (r.reason.as_str(), r.hook.as_str()),
+            ("no_entry", "connect4")
+        );
         // 9 more denials on CPU 0 sent no event; a sweep finds them.
-        let r = t.on_sweep(k, 0, &stat(10), 1_000, 1_500, Context::default).unwrap();
+        let r = t
+            .on_sweep(k, 0, &stat(10), 1_000, 1_500, Context::default)
+            .unwrap();
         assert_eq!((r.count, r.last_seen_ms), (10, 1_500));
         // The same sweep again adds nothing.
-        assert!(t.on_sweep(k, 0, &stat(10), 1_000, 1_500, Context::default).is_none());
+        assert!(
+            t.on_sweep(k, 0, &stat(10), 1_000, 1_500, Context::default)
+                .is_none()
+        );
         // Another CPU: its own totals.
         let r = t.on_event(&event(k, 1, 3), 2_000, Context::default);
         assert_eq!(r.count, 13);

@@ -60,10 +60,10 @@ pub fn denial(hook: Hook, d: &Dest, reason: Counter, verdict: Verdict, origin: O
         verdict,
         reserved: 0,
     };
-    if EGRESS_FLOWS.get_ptr_mut(&key).is_none() {
-        let _ = EGRESS_FLOWS.insert(&key, &FlowStat::default(), 0);
+    if EGRESS_FLOWS.get_ptr_mut(key).is_none() {
+        let _ = EGRESS_FLOWS.insert(key, FlowStat::default(), 0);
     }
-    let Some(stat) = EGRESS_FLOWS.get_ptr_mut(&key) else {
+    let Some(stat) = EGRESS_FLOWS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: this CPU's value of the flow; programs do not migrate while running.

@@ -14,11 +14,7 @@
 
 use core::ptr::addr_of;
 
-use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::SockAddrContext};
 use egress_common::{Counter, Hook, Mode, Proto, Verdict};
 
 use super::{

@@ -458,7 +458,11 @@ fn print_failure_excerpt(console: &Path, series: &str) {
         .iter()
         .position(|l| l.contains("panicked at"))
         .unwrap_or(lines.len().saturating_sub(60));
-    eprintln!("---- {series}: {} (from line {}) ----", console.display(), start + 1);
+    eprintln!(
+        "---- {series}: {} (from line {}) ----",
+        console.display(),
+        start + 1
+    );
     for line in lines.iter().skip(start).take(60) {
         eprintln!("[{series}] {line}");
     }
