@@ -232,6 +232,24 @@ impl World {
         (out.status.code().unwrap_or(-1), text)
     }
 
+    /// An HTTP GET with curl from the world namespace (where the agent runs): status code
+    /// and body.
+    pub fn http_get(&self, url: &str) -> (u16, String) {
+        let url = url.to_owned();
+        let out = self
+            .world
+            .run(move || {
+                std::process::Command::new("curl")
+                    .args(["-s", "-w", "\n%{http_code}", &url])
+                    .output()
+            })
+            .expect("enter the world namespace")
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -20,22 +20,6 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// curl, run in the world namespace where the agent listens.
-fn get(world: &World, url: String) -> (i32, String) {
-    let out = world
-        .world
-        .run(move || {
-            std::process::Command::new("curl")
-                .args(["-s", "-w", "\n%{http_code}", &url])
-                .output()
-        })
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 #[test]
 fn metrics_count_exactly_what_happened() {
     let mut zone = Zone::new();
@@ -52,12 +36,12 @@ fn metrics_count_exactly_what_happened() {
     let status = agent.wait_for(WAIT, "metrics address", |s| s.metrics.is_some());
     let base = format!("http://{}", status.metrics.unwrap());
     assert_eq!(
-        get(&world, format!("{base}/readyz")),
+        world.http_get(&format!("{base}/readyz")),
         (200, "ready\n".into())
     );
-    assert_eq!(get(&world, format!("{base}/healthz")).0, 200);
+    assert_eq!(world.http_get(&format!("{base}/healthz")).0, 200);
 
-    let (code, before) = get(&world, format!("{base}/metrics"));
+    let (code, before) = world.http_get(&format!("{base}/metrics"));
     assert_eq!(code, 200);
     let before = parse(&before);
     let r = probe::run(
@@ -80,7 +64,7 @@ fn metrics_count_exactly_what_happened() {
         "  - hosts: [api.allowed.test]\n    ports: [443, 8443]\n",
     ));
     agent.wait_applied(&digest, WAIT);
-    let after = parse(&get(&world, format!("{base}/metrics")).1);
+    let after = parse(&world.http_get(&format!("{base}/metrics")).1);
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     assert_eq!(
@@ -123,7 +107,7 @@ fn metrics_count_exactly_what_happened() {
     // The denied flows, once each (the event reader sweeps every second).
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let now = parse(&get(&world, format!("{base}/metrics")).1);
+        let now = parse(&world.http_get(&format!("{base}/metrics")).1);
         if now["egress_flows_tracked"] == 4.0 {
             break;
         }

@@ -1,17 +1,18 @@
 //! Which kernels the agent runs on.
 //!
 //! Hard floor, by feature: Linux 5.7 brought cgroup `bpf_link`s (`BPF_LINK_CREATE` for
-//! cgroups) and `BPF_LINK_UPDATE`, on which pinned, restart-safe enforcement rests; without
-//! them a crashed agent would take enforcement with it, so older kernels are refused.
+//! cgroups) and `BPF_LINK_UPDATE`, on which pinned, restart-safe enforcement rests (without
+//! them a crashed agent would take enforcement with it), and 5.8 the BPF ring buffer that
+//! carries denial events. Older kernels are refused.
 //!
 //! Proven floor, by experiment: `cargo xtask vm-test` runs the whole end-to-end suite on
 //! Debian's 5.10, 6.1, 6.12 and newest kernels. 5.10 is the oldest kernel obtainable there;
-//! kernels from 5.7 up to it are accepted with a warning that they are untested.
+//! kernels from 5.8 up to it are accepted with a warning that they are untested.
 
 use std::fmt;
 
 /// Refused below this.
-pub const REQUIRED: KernelVersion = KernelVersion(5, 7);
+pub const REQUIRED: KernelVersion = KernelVersion(5, 8);
 /// The oldest kernel the VM matrix has proven.
 pub const TESTED: KernelVersion = KernelVersion(5, 10);
 
@@ -38,7 +39,8 @@ impl KernelVersion {
 pub enum KernelError {
     #[error(
         "Linux {release} is too old: egress-agent needs Linux ≥ {REQUIRED} (cgroup bpf_link and \
-         BPF_LINK_UPDATE keep enforcement attached while no agent runs)"
+         BPF_LINK_UPDATE keep enforcement attached while no agent runs; the BPF ring buffer \
+         carries denial events)"
     )]
     TooOld { release: String },
     #[error("cannot read the kernel release ({0}); refusing to guess which features it has")]
@@ -98,8 +100,8 @@ mod tests {
             check("4.19.0-27-amd64"),
             Err(KernelError::TooOld { .. })
         ));
-        assert!(matches!(check("5.6.19"), Err(KernelError::TooOld { .. })));
-        assert!(check("5.7.0").unwrap().is_some());
+        assert!(matches!(check("5.7.19"), Err(KernelError::TooOld { .. })));
+        assert!(check("5.8.0").unwrap().is_some());
         assert!(check("5.9.16").unwrap().is_some());
         assert_eq!(check("5.10.0-46-cloud-amd64").unwrap(), None);
         assert_eq!(check("6.18.0").unwrap(), None);

@@ -2,9 +2,10 @@
 //! built on this machine (no cluster): a "pod" (its own network namespace and cgroup) and an
 //! "internet" namespace where www.googleapis.com serves HTTPS and a DNS server answers.
 //!
-//! 1. REGISTRY_ONLY, nothing allowed: curl from the pod is refused at connect() (EPERM);
+//! 1. REGISTRY_ONLY, nothing allowed: curl from the pod is refused at connect() (EPERM); the
+//!    denial is an event (`egress-agent events`) and a metric;
 //! 2. the reference ServiceEntry is written to the policy file the running agent watches:
-//!    the same curl succeeds, other names and ports stay refused;
+//!    the same curl succeeds, other names and ports stay refused, and `explain` says why;
 //! 3. `egress-agent maps` shows what the kernel enforces.
 //!
 //! Exits non-zero if any step does not behave as described.
@@ -45,6 +46,50 @@ impl Demo {
         println!("      {verdict}");
         if (code == 0) != expect_ok {
             self.failures.push(format!("curl {url}: {verdict}"));
+        }
+    }
+
+    /// `egress-agent <args>`, printed indented; returns its output.
+    fn cli(&mut self, args: &[&str], shown: &str) -> String {
+        println!("    $ egress-agent {shown}");
+        match Command::new(egress_tests::agent::binary())
+            .args(args)
+            .output()
+        {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                print!("{}", indent(&text));
+                if !out.status.success() {
+                    self.failures.push(format!(
+                        "egress-agent {shown}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                text
+            }
+            Err(e) => {
+                self.failures.push(format!("egress-agent {shown}: {e}"));
+                String::new()
+            }
+        }
+    }
+
+    /// The denial metric lines of the Prometheus endpoint.
+    fn metric(&mut self, base: &str) {
+        println!("    $ curl {base}/metrics | grep egress_verdicts_total.*deny");
+        let (code, body) = self.world.http_get(&format!("{base}/metrics"));
+        let lines: Vec<&str> = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("egress_verdicts_total{verdict=\"deny\"") && !l.ends_with(" 0")
+            })
+            .collect();
+        for l in &lines {
+            println!("      {l}");
+        }
+        if code != 200 || lines.is_empty() {
+            self.failures
+                .push(format!("metrics: HTTP {code}, no denial counted"));
         }
     }
 
@@ -104,8 +149,12 @@ fn main() -> ExitCode {
     println!("[1] policy: Istio mesh setting, nothing allowed");
     print!("{}", indent(REGISTRY_ONLY));
     demo.world.write_policy(REGISTRY_ONLY);
-    let mut agent = demo.world.start_agent(&[]);
+    let mut agent = demo.world.start_agent(&["--metrics", "127.0.0.1:0"]);
     agent.wait_ready(Duration::from_secs(20));
+    let metrics = agent.wait_for(Duration::from_secs(20), "metrics", |s| s.metrics.is_some());
+    let base = format!("http://{}", metrics.metrics.unwrap_or_default());
+    let state = demo.world.state_dir().display().to_string();
+    let bpffs = demo.world.bpffs.display().to_string();
     println!(
         "    egress-agent run --policy {} --cgroup {} (pid {})",
         demo.world.policy_path().display(),
@@ -120,11 +169,24 @@ fn main() -> ExitCode {
         .sniffer
         .to("198.51.100.10".parse().unwrap())
         .len();
-    println!("    packets that reached 198.51.100.10: {packets}\n");
+    println!("    packets that reached 198.51.100.10: {packets}");
     if packets != 0 {
         demo.failures
             .push(format!("{packets} packets reached the host while denied"));
     }
+    // Every denial counted in the flows (the reader folds the kernel's counts in each second).
+    let denied = agent.maps_json()["counters"]["deny_no_entry"]
+        .as_u64()
+        .unwrap_or(0);
+    agent.wait_events(Duration::from_secs(10), "every denial in the events", |e| {
+        e.iter()
+            .map(|f| f["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            == denied
+    });
+    demo.cli(&["events", "--state-dir", &state], "events");
+    demo.metric(&base);
+    println!();
 
     println!("[2] policy: the ServiceEntry, written to the watched file (no restart)");
     print!("{}", indent(SERVICE_ENTRY));
@@ -137,6 +199,13 @@ fn main() -> ExitCode {
     demo.curl("http://www.googleapis.com:80/", false);
     demo.connect("198.51.100.10:443", true);
     demo.connect("198.51.100.10:80", false);
+    let why = demo.cli(
+        &["explain", "198.51.100.10:80", "--bpffs", &bpffs],
+        "explain 198.51.100.10:80",
+    );
+    if !why.contains("denied (wrong_port)") {
+        demo.failures.push(format!("explain: {why}"));
+    }
     println!();
 
     println!(
