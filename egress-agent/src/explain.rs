@@ -63,18 +63,24 @@ pub struct SourceView {
 
 /// The IPv4 host an IPv6 destination carries, if it is a form the kernel judges as IPv4.
 pub fn as_judged(addr: IpAddr) -> IpAddr {
+    judged(addr).0
+}
+
+/// The address as judged, and whether it came through the NAT64 prefix (then it is never
+/// loopback: it leaves for a translator).
+fn judged(addr: IpAddr) -> (IpAddr, bool) {
     match addr {
         IpAddr::V6(a) => {
             let o = a.octets();
             let mapped = o[..10].iter().all(|&b| b == 0) && o[10] == 0xff && o[11] == 0xff;
             let nat64 = o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0];
             if mapped || nat64 {
-                IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+                (IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15])), nat64)
             } else {
-                addr
+                (addr, false)
             }
         }
-        v4 => v4,
+        v4 => (v4, false),
     }
 }
 
@@ -138,10 +144,10 @@ impl MapView {
 
     /// The kernel's verdict for `addr:port` over `protocol`, and what decides it.
     pub fn explain(&self, addr: IpAddr, port: u16, protocol: Protocol) -> Explanation {
-        let judged = as_judged(addr);
+        let (judged, nat64) = judged(addr);
         let audit = self.config.mode == Mode::AUDIT;
         let default_allows = self.config.default_action == DefaultAction::ALLOW;
-        let (allowed, reason, entry) = if is_loopback(judged) {
+        let (allowed, reason, entry) = if is_loopback(judged) && !nat64 {
             (true, "loopback", None)
         } else if let Some((key, entry)) = self.covering(judged).into_iter().next() {
             let ports = self.ports_of(entry);

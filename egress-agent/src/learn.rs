@@ -237,6 +237,7 @@ mod tests {
             verdict: "would-deny".into(),
             reason: reason.into(),
             hook: "connect4".into(),
+            family: "inet".into(),
             destination: dst.parse().unwrap(),
             port,
             protocol: proto.into(),

@@ -198,6 +198,7 @@ impl PortSet {
             };
         }
         out.range_count = needed as u32;
+        out.tcp_count = self.tcp.0.len() as u32;
         Ok(out)
     }
 
@@ -319,6 +320,46 @@ mod tests {
         all.subtract(&r);
         assert_eq!(all.0.len(), 32768);
         assert!(all.0.iter().all(|&(a, b)| a == b && a % 2 == 1));
+    }
+
+    /// The kernel's binary search gives the same answers as the set itself.
+    #[test]
+    fn the_kernel_verdict_matches_the_set() {
+        use egress_common::Counter;
+        let mut set = PortSet::default();
+        for (a, b) in [
+            (22, 22),
+            (80, 90),
+            (443, 443),
+            (1000, 2000),
+            (8080, 8080),
+            (65535, 65535),
+        ] {
+            set.insert(Protocol::Tcp, a, b);
+        }
+        set.insert(Protocol::Udp, 53, 53);
+        let mut many = set.clone();
+        for p in 0..50u16 {
+            many.insert(Protocol::Tcp, 3000 + p * 10, 3000 + p * 10 + 2);
+        }
+        for s in [&set, &many] {
+            let k = s.to_kernel().unwrap();
+            for port in (0..=u16::MAX).step_by(1) {
+                for (p, proto) in [(Protocol::Tcp, Proto::TCP), (Protocol::Udp, Proto::UDP)] {
+                    let expected = if s.allows(p, port) {
+                        Counter::ALLOW_ENTRY
+                    } else {
+                        Counter::DENY_PORT
+                    };
+                    assert_eq!(k.verdict(proto, port), expected, "{p} {port}");
+                }
+            }
+            assert_eq!(k.verdict(Proto(1), 0), Counter::DENY_PROTOCOL);
+        }
+        let mut tcp_only = PortSet::default();
+        tcp_only.insert(Protocol::Tcp, 443, 443);
+        let k = tcp_only.to_kernel().unwrap();
+        assert_eq!(k.verdict(Proto::UDP, 443), Counter::DENY_PROTOCOL);
     }
 
     #[test]

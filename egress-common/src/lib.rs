@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a key or value layout below changes. The agent pins maps under a
 /// directory named after it, so a new layout gets new maps instead of misreading old ones.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Program names (the Rust function names of the kernel entry points).
 pub mod programs {
@@ -106,19 +106,26 @@ impl PortSetId {
     pub const NONE: Self = Self(0);
 }
 
-/// The value of [`maps::PORTS`]: (protocol, port range) pairs, TCP first, each sorted.
+/// The value of [`maps::PORTS`]: (protocol, port range) pairs, TCP first, each protocol's
+/// ranges sorted and disjoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRanges {
+    /// Ranges in use: the TCP ones are `ranges[..tcp_count]`, the UDP ones
+    /// `ranges[tcp_count..range_count]`.
     pub range_count: u32,
-    pub reserved: u32,
+    pub tcp_count: u32,
     pub ranges: [PortRange; MAX_RANGES],
 }
+
+/// Steps of the binary search over one protocol's ranges (2^7 > [`MAX_RANGES`]).
+const SEARCH_STEPS: usize = 7;
+const _: () = assert!(1 << SEARCH_STEPS > MAX_RANGES);
 
 impl PortRanges {
     pub const EMPTY: Self = Self {
         range_count: 0,
-        reserved: 0,
+        tcp_count: 0,
         ranges: [PortRange {
             first: 0,
             last: 0,
@@ -129,27 +136,42 @@ impl PortRanges {
 
     /// The verdict for one destination: [`Counter::ALLOW_ENTRY`] when a range allows the
     /// protocol and port, else why not ([`Counter::DENY_PORT`] or [`Counter::DENY_PROTOCOL`]).
+    /// A binary search over the protocol's sorted ranges: the cost grows with the logarithm
+    /// of the ranges, and so does the verifier's work.
     #[inline(always)]
     pub fn verdict(&self, proto: Proto, port: u16) -> Counter {
-        let mut same_proto = false;
-        let mut i = 0;
-        while i < MAX_RANGES {
-            if i as u32 >= self.range_count {
+        let total = (self.range_count as usize).min(MAX_RANGES);
+        let tcp = (self.tcp_count as usize).min(total);
+        let (mut lo, mut hi) = if proto.0 == Proto::TCP.0 {
+            (0, tcp)
+        } else if proto.0 == Proto::UDP.0 {
+            (tcp, total)
+        } else {
+            return Counter::DENY_PROTOCOL;
+        };
+        if lo >= hi {
+            return Counter::DENY_PROTOCOL;
+        }
+        // Invariant: the last range whose `first` is at most `port`, if any, is in [lo, hi).
+        let mut step = 0;
+        while step < SEARCH_STEPS {
+            if hi - lo <= 1 {
                 break;
             }
-            let r = &self.ranges[i];
-            if r.proto.0 == proto.0 {
-                if port >= r.first && port <= r.last {
-                    return Counter::ALLOW_ENTRY;
-                }
-                same_proto = true;
+            let mid = (lo + hi) / 2;
+            let Some(r) = self.ranges.get(mid) else {
+                break;
+            };
+            if r.first <= port {
+                lo = mid;
+            } else {
+                hi = mid;
             }
-            i += 1;
+            step += 1;
         }
-        if same_proto {
-            Counter::DENY_PORT
-        } else {
-            Counter::DENY_PROTOCOL
+        match self.ranges.get(lo) {
+            Some(r) if r.first <= port && port <= r.last => Counter::ALLOW_ENTRY,
+            _ => Counter::DENY_PORT,
         }
     }
 }

@@ -71,19 +71,27 @@ fn each_denied_flow_is_one_event_with_who_where_and_why() {
         "one per denied flow, none for the allowed: {events:#?}"
     );
     let cgroup = world.cgroup.pod().display().to_string();
-    for (dst, port, proto, hook, reason) in [
-        ("203.0.113.66", 443, "TCP", "connect4", "no_entry"),
-        ("203.0.113.66", 9999, "UDP", "sendmsg4", "no_entry"),
-        ("2001:db8:100::66", 443, "TCP", "connect6", "no_entry"),
+    for (dst, port, proto, hook, family, reason) in [
+        ("203.0.113.66", 443, "TCP", "connect4", "inet", "no_entry"),
+        ("203.0.113.66", 9999, "UDP", "sendmsg4", "inet", "no_entry"),
+        (
+            "2001:db8:100::66",
+            443,
+            "TCP",
+            "connect6",
+            "inet6",
+            "no_entry",
+        ),
         // Through an AF_INET6 socket, judged (and reported) as the IPv4 host.
-        ("203.0.113.66", 8080, "TCP", "connect6", "no_entry"),
-        ("198.51.100.10", 22, "TCP", "connect4", "wrong_port"),
+        ("203.0.113.66", 8080, "TCP", "connect6", "inet6", "no_entry"),
+        ("198.51.100.10", 22, "TCP", "connect4", "inet", "wrong_port"),
     ] {
         let found = find(&events, dst, port);
         assert_eq!(found.len(), 1, "{dst}:{port}: {events:#?}");
         let e = found[0];
         assert_eq!(e["protocol"], proto, "{e}");
         assert_eq!(e["hook"], hook, "{e}");
+        assert_eq!(e["family"], family, "{e}");
         assert_eq!(e["reason"], reason, "{e}");
         assert_eq!(e["verdict"], "deny", "{e}");
         assert_eq!(e["count"], 1, "{e}");

@@ -8,7 +8,7 @@ use egress_tests::{probe, world::World, zonesrv::Zone};
 
 use egress_tests::examples::{REGISTRY_ONLY, SERVICE_ENTRY};
 
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn registry_only_refuses_in_the_kernel_until_the_service_entry_allows_the_host() {

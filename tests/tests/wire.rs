@@ -207,3 +207,77 @@ fn servers_in_the_pod_still_answer_inbound_connections() {
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(line.contains("\"ok\":true"), "{line}");
 }
+
+/// Protocols no syscall hook judges (UDP-Lite) and raw sockets, which can connect() to any
+/// address without a hook, get nothing out: only TCP and UDP sockets' own traffic skips the
+/// wire check's judgement. A source route whose first hop is the connected, allowed peer is
+/// refused too (IP options are judged as a protocol no rule allows).
+#[test]
+fn other_protocols_raw_sockets_and_source_routes_via_the_peer_are_refused() {
+    let (world, agent) = enforcing();
+    let before = counter(&agent, "wire_drop");
+    let r = probe::run(
+        &world.pod,
+        &[
+            ("udplite-connect", &format!("{EVIL4}:9999")),
+            ("udplite-connect", &format!("[{EVIL6}]:9999")),
+            ("raw-udp-connect", &format!("{EVIL4}:9999")),
+            ("raw-udp-connect", &format!("[{EVIL6}]:9999")),
+            ("udp-connected-lsrr", &format!("{A4}:9999,{EVIL4}:9999")),
+            ("udp-sendto", &format!("{A4}:9999")),
+        ],
+    );
+    for o in &r[..5] {
+        assert_refused(o);
+    }
+    assert!(r[5].ok, "{:?}", r[5]);
+    assert!(!world.sniffer.wait_to(ip(A4), WIRE).is_empty());
+    for evil in [EVIL4, EVIL6] {
+        assert!(
+            world.sniffer.to(ip(evil)).is_empty(),
+            "{:?}",
+            world.sniffer.to(ip(evil))
+        );
+    }
+    assert!(world.hits.to_ip(ip(EVIL4)).is_empty() && world.hits.to_ip(ip(EVIL6)).is_empty());
+    assert!(
+        counter(&agent, "wire_drop") >= before + 5,
+        "the wire check dropped them"
+    );
+    // Only the allowed datagram reached A (the source-routed one did not).
+    let to_a: Vec<_> = world.sniffer.to(ip(A4));
+    assert_eq!(to_a.len(), 1, "{to_a:?}");
+}
+
+/// IPv6 destination options (and hop-by-hop options) before the transport header are walked
+/// past: an allowed datagram carrying them still goes out.
+#[test]
+fn ipv6_option_headers_do_not_hide_the_transport() {
+    let (world, _agent) = enforcing();
+    let r = probe::run(&world.pod, &[("udp-dstopts", &format!("[{A6}]:9999"))]);
+    assert!(r[0].ok, "{:?}", r[0]);
+    assert!(!world.sniffer.wait_to(ip(A6), WIRE).is_empty());
+}
+
+/// The NAT64 forms of loopback (`64:ff9b::127.0.0.1`, `64:ff9b::`) leave through the default
+/// route for a translator: they are not loopback, and nothing allows them.
+#[test]
+fn nat64_forms_of_loopback_are_not_loopback() {
+    let (world, _agent) = enforcing();
+    let r = probe::run(
+        &world.pod,
+        &[
+            ("udp-sendto", "[64:ff9b::7f00:1]:9999"),
+            ("tcp", "[64:ff9b::7f00:1]:22"),
+            ("udp-sendto", "[64:ff9b::]:53"),
+            ("udp-sendto", &format!("{A4}:9999")),
+        ],
+    );
+    for o in &r[..3] {
+        assert!(o.denied(), "{o:?}");
+    }
+    assert!(!world.sniffer.wait_to(ip(A4), WIRE).is_empty());
+    for a in ["64:ff9b::7f00:1", "64:ff9b::"] {
+        assert!(world.sniffer.to(ip(a)).is_empty());
+    }
+}

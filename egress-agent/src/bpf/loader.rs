@@ -173,6 +173,21 @@ pub fn load(
             _ => Err(ProgramError::UnexpectedProgramType),
         };
         loaded.map_err(|source| LoadError::Program { name, source })?;
+        // The verifier's work is what start-up waits for (and a budget the programs must
+        // stay well within on every kernel).
+        let info = match ebpf.program(name) {
+            Some(Program::CgroupSockAddr(p)) => p.info().ok(),
+            Some(Program::CgroupSkb(p)) => p.info().ok(),
+            _ => None,
+        };
+        if let Some(i) = info {
+            tracing::debug!(
+                program = name,
+                verified_instructions = i.verified_instruction_count(),
+                bytes = i.size_translated(),
+                "loaded"
+            );
+        }
     }
     let maps = PinnedMaps::from_maps(|name| ebpf.take_map(name), max_entries)?;
     Ok((Loaded { ebpf, generation }, maps))

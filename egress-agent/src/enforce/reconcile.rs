@@ -203,10 +203,28 @@ impl<S: MapStore> Reconciler<S> {
                 self.sources.insert(*id, *record);
             }
         }
+        let mut collided = BTreeSet::new();
         for (id, set) in &desired.ports {
-            // A set's id is derived from its content: present means identical.
-            if !self.ports.contains_key(id) && note(self.store.put_ports(*id, set)) {
-                self.ports.insert(*id, *set);
+            match self.ports.get(id) {
+                // A set's id is derived from its content: the same id should mean the same set.
+                Some(held) if held == set => {}
+                Some(_) => {
+                    // Two sets hashed alike (never seen; 64 bits): the entries that need the
+                    // new one wait rather than get the other's ports.
+                    tracing::error!(id = format!("{:x}", id.0), "port set id collision");
+                    collided.insert(*id);
+                    note(Err(StoreError::Syscall {
+                        op: "write",
+                        map: maps::PORTS,
+                        key: format!("{:x}", id.0),
+                        source: std::io::Error::other("port set id collision"),
+                    }));
+                }
+                None => {
+                    if note(self.store.put_ports(*id, set)) {
+                        self.ports.insert(*id, *set);
+                    }
+                }
             }
         }
         for (key, entry) in &desired.entries {
@@ -214,7 +232,9 @@ impl<S: MapStore> Reconciler<S> {
             if current == Some(entry) {
                 continue;
             }
-            if entry.ports != PortSetId::NONE && !self.ports.contains_key(&entry.ports) {
+            if entry.ports != PortSetId::NONE
+                && (!self.ports.contains_key(&entry.ports) || collided.contains(&entry.ports))
+            {
                 continue; // its port set could not be written; the failure is noted
             }
             if note(self.store.put_entry(key, entry)) {

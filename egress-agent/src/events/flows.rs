@@ -28,9 +28,12 @@ pub struct FlowRecord {
     pub reason: String,
     /// Which program judged: `connect4`, `connect6`, `sendmsg4`, `sendmsg6` or `wire`.
     pub hook: String,
+    /// The socket's address family, `inet` or `inet6` (for the wire check: the packet's).
+    pub family: String,
     pub destination: IpAddr,
     pub port: u16,
-    /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, or the IP protocol number.
+    /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP options`, `IPv6 routing header`, or the IP
+    /// protocol number.
     pub protocol: String,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
@@ -161,6 +164,7 @@ impl FlowTable {
                 verdict: verdict_name(key.verdict).to_owned(),
                 reason: reason_name(key.reason).to_owned(),
                 hook: hook_name(key.hook).to_owned(),
+                family: family_name(&key).to_owned(),
                 destination: destination(&key),
                 port: key.port,
                 protocol: protocol_name(key.proto),
@@ -191,6 +195,16 @@ impl FlowTable {
             self.flows.remove(&key);
             self.accounted.retain(|(k, _), _| *k != key);
         }
+    }
+}
+
+/// The socket family: an AF_INET6 socket can reach IPv4 hosts (judged as IPv4), so the
+/// hook says it, not the address.
+fn family_name(key: &FlowKey) -> &'static str {
+    match key.hook {
+        Hook::CONNECT6 | Hook::SENDMSG6 => "inet6",
+        Hook::WIRE if key.family == 6 => "inet6",
+        _ => "inet",
     }
 }
 
@@ -248,6 +262,8 @@ pub fn protocol_name(proto: Proto) -> String {
         17 => "UDP".into(),
         1 => "ICMP".into(),
         58 => "ICMPv6".into(),
+        0 => "IP options".into(),
+        43 => "IPv6 routing header".into(),
         n => n.to_string(),
     }
 }

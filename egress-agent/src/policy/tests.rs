@@ -340,3 +340,30 @@ fn addresses_in_native_hosts_are_refused() {
         .is_ok()
     );
 }
+
+/// NAT64 addresses (what DNS64 answers with) are stored as the IPv4 hosts they stand for, the
+/// way the kernel judges them.
+#[test]
+fn nat64_addresses_are_stored_as_ipv4() {
+    use crate::policy::values::{Net, unmap_addr};
+    assert_eq!(
+        Net::parse("64:ff9b::198.51.100.10").unwrap().0.to_string(),
+        "198.51.100.10/32"
+    );
+    assert_eq!(
+        Net::parse("64:ff9b::/96").unwrap().0.to_string(),
+        "0.0.0.0/0"
+    );
+    assert_eq!(
+        Net::parse("64:ff9b::cb00:7100/120").unwrap().0.to_string(),
+        "203.0.113.0/24"
+    );
+    assert_eq!(
+        Net::parse("64:ff9b::/32").unwrap().0.to_string(),
+        "64:ff9b::/32"
+    );
+    assert_eq!(
+        unmap_addr("64:ff9b::c633:640a".parse().unwrap()).to_string(),
+        "198.51.100.10"
+    );
+}

@@ -7,8 +7,9 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// An address or prefix. A bare address is a /32 or /128; IPv4-mapped IPv6 (`::ffff:a.b.c.d`,
-/// `::ffff:0:0/96` and longer) is stored as the IPv4 it denotes, which is how the kernel
-/// programs judge it; host bits must be zero.
+/// `::ffff:0:0/96` and longer) and the NAT64 well-known prefix (`64:ff9b::/96` and longer)
+/// are stored as the IPv4 they denote, which is how the kernel programs judge them; host
+/// bits must be zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Net(pub IpNet);
 
@@ -36,11 +37,23 @@ impl Net {
     }
 }
 
-/// `::ffff:a.b.c.d/n` (n ≥ 96) → `a.b.c.d/(n-96)`.
+/// The IPv4 address an IPv6 address stands for, where the kernel programs judge it as IPv4:
+/// IPv4-mapped `::ffff:a.b.c.d`, and the NAT64 well-known prefix `64:ff9b::a.b.c.d` (what
+/// DNS64 answers with in IPv6-only clusters).
+fn embedded_v4(addr: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let o = addr.octets();
+    let nat64 = o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0];
+    if nat64 {
+        return Some(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    addr.to_ipv4_mapped()
+}
+
+/// `::ffff:a.b.c.d/n` and `64:ff9b::a.b.c.d/n` (n ≥ 96) → `a.b.c.d/(n-96)`.
 pub fn unmap(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net
-        && let Some(v4) = v6.addr().to_ipv4_mapped()
         && v6.prefix_len() >= 96
+        && let Some(v4) = embedded_v4(v6.addr())
     {
         return IpNet::V4(
             Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix length is at most 32"),
@@ -49,10 +62,10 @@ pub fn unmap(net: IpNet) -> IpNet {
     net
 }
 
-/// Normalises an address the same way: IPv4-mapped IPv6 becomes IPv4.
+/// Normalises an address the same way: its IPv4 form where the kernel judges it as IPv4.
 pub fn unmap_addr(addr: IpAddr) -> IpAddr {
     match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(addr, IpAddr::V4),
         v4 => v4,
     }
 }

@@ -51,7 +51,7 @@ pub fn denial(hook: Hook, d: &Dest, reason: Counter, verdict: Verdict, origin: O
     };
     let key = FlowKey {
         cgroup_id,
-        addr: d.addr,
+        addr: d.bytes(),
         port: d.port,
         proto: d.proto,
         family: d.family,

@@ -95,22 +95,24 @@ fn port_of(user_port: u32) -> u16 {
 /// would-deny, and allowed.
 #[inline(always)]
 fn finish(hook: Hook, d: &Dest) -> i32 {
-    let Some(cfg) = EGRESS_CONFIG.get(0) else {
-        report::count(Counter::DENY_INTERNAL);
-        report::denial(hook, d, Counter::DENY_INTERNAL, Verdict::DENY, Origin::Task);
-        return DENY;
+    // One report site for every denial: the verifier walks it once.
+    let (reason, outcome, answer) = match EGRESS_CONFIG.get(0) {
+        None => (Counter::DENY_INTERNAL, Verdict::DENY, DENY),
+        Some(cfg) => {
+            let verdict = verdict::judge(d, cfg);
+            if verdict.is_allow() {
+                report::count(verdict);
+                return ALLOW;
+            }
+            if cfg.mode == Mode::AUDIT {
+                report::count(Counter::AUDIT_WOULD_DENY);
+                (verdict, Verdict::WOULD_DENY, ALLOW)
+            } else {
+                (verdict, Verdict::DENY, DENY)
+            }
+        }
     };
-    let verdict = verdict::judge(d, cfg);
-    report::count(verdict);
-    if verdict.is_allow() {
-        return ALLOW;
-    }
-    if cfg.mode == Mode::AUDIT {
-        report::count(Counter::AUDIT_WOULD_DENY);
-        report::denial(hook, d, verdict, Verdict::WOULD_DENY, Origin::Task);
-        ALLOW
-    } else {
-        report::denial(hook, d, verdict, Verdict::DENY, Origin::Task);
-        DENY
-    }
+    report::count(reason);
+    report::denial(hook, d, reason, outcome, Origin::Task);
+    answer
 }

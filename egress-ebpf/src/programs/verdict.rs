@@ -10,102 +10,108 @@ use super::maps::{EGRESS_ALLOW_V4, EGRESS_ALLOW_V6, EGRESS_CIDR_V4, EGRESS_CIDR_
 /// A destination as judged: an IPv4 host reached through an AF_INET6 socket is IPv4 here.
 #[derive(Clone, Copy)]
 pub struct Dest {
-    /// IPv4 in the first four bytes when `family` is 4.
-    pub addr: [u8; 16],
+    /// The address as four words holding the bytes in network order (as the kernel's
+    /// contexts do); IPv4 is the first word when `family` is 4, the rest zero.
+    pub words: [u32; 4],
     pub family: u8,
     pub port: u16,
     pub proto: Proto,
+    /// Reached through the NAT64 prefix: an IPv4 host behind a translator, never this host.
+    pub nat64: bool,
 }
 
 impl Dest {
     #[inline(always)]
     pub fn v4(a: [u8; 4], port: u16, proto: Proto) -> Self {
         Self {
-            addr: [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            words: [u32::from_ne_bytes(a), 0, 0, 0],
             family: 4,
             port,
             proto,
+            nat64: false,
         }
     }
 
-    /// An IPv6 destination, given as four words in network byte order. Two forms carry an
-    /// IPv4 host and become that IPv4 address, so IPv4 rules (allow and deny) cannot be
-    /// sidestepped through an AF_INET6 socket:
+    /// An IPv6 destination. Two forms carry an IPv4 host and become that IPv4 address, so
+    /// IPv4 rules (allow and deny) cannot be sidestepped through an AF_INET6 socket:
     /// - `::ffff:a.b.c.d` (IPv4-mapped, RFC 4291 §2.5.5.2): Linux sends it as IPv4;
     /// - `64:ff9b::a.b.c.d` (the NAT64 well-known prefix, RFC 6052): a NAT64 gateway forwards
     ///   it to the IPv4 host.
     #[inline(always)]
     pub fn v6(w: [u32; 4], port: u16, proto: Proto) -> Self {
-        let embeds_v4 = w[1] == 0
-            && ((w[0] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]))
-                || (w[0] == u32::from_ne_bytes([0, 0x64, 0xff, 0x9b]) && w[2] == 0));
-        if embeds_v4 {
-            return Self::v4(w[3].to_ne_bytes(), port, proto);
-        }
-        let mut addr = [0u8; 16];
-        let mut i = 0;
-        while i < 4 {
-            let b = w[i].to_ne_bytes();
-            addr[i * 4] = b[0];
-            addr[i * 4 + 1] = b[1];
-            addr[i * 4 + 2] = b[2];
-            addr[i * 4 + 3] = b[3];
-            i += 1;
+        let mapped = w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        let nat64 = w[0] == u32::from_ne_bytes([0, 0x64, 0xff, 0x9b]) && w[1] == 0 && w[2] == 0;
+        if mapped || nat64 {
+            return Self {
+                words: [w[3], 0, 0, 0],
+                family: 4,
+                port,
+                proto,
+                nat64,
+            };
         }
         Self {
-            addr,
+            words: w,
             family: 6,
             port,
             proto,
+            nat64: false,
         }
     }
 
-    /// `127.0.0.0/8`, `::1`, and `0.0.0.0` / `::` (which Linux connects to the local host).
+    /// The 16 address bytes (IPv4 in the first four).
+    #[inline(always)]
+    pub fn bytes(&self) -> [u8; 16] {
+        // SAFETY: four u32s and sixteen bytes have the same size; any bit pattern is valid.
+        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(self.words) }
+    }
+
+    /// `127.0.0.0/8`, `::1`, and `0.0.0.0` / `::` (which Linux connects to the local host) —
+    /// but not their NAT64 forms, which leave through the default route for a translator.
     #[inline(always)]
     pub fn is_loopback(&self) -> bool {
-        let a = &self.addr;
+        let w = &self.words;
+        if self.nat64 {
+            return false;
+        }
         if self.family == 4 {
-            return a[0] == 127 || (a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0);
+            let first = w[0].to_ne_bytes()[0];
+            return first == 127 || w[0] == 0;
         }
-        let mut i = 0;
-        while i < 15 {
-            if a[i] != 0 {
-                return false;
-            }
-            i += 1;
-        }
-        a[15] == 0 || a[15] == 1
+        w[0] == 0
+            && w[1] == 0
+            && w[2] == 0
+            && (w[3] == 0 || w[3] == u32::from_ne_bytes([0, 0, 0, 1]))
     }
 }
 
-/// The verdict for `d`: an allow counter, or the reason for a denial.
+/// The verdict for `d`: an allow counter, or the reason for a denial. One lookup path per
+/// family, and one port-set judgement at the end, keep the verifier's work small.
 #[inline(always)]
 pub fn judge(d: &Dest, cfg: &Config) -> Counter {
     if d.is_loopback() {
         return Counter::ALLOW_LOOPBACK;
     }
-    if d.family == 4 {
-        let addr = [d.addr[0], d.addr[1], d.addr[2], d.addr[3]];
-        if let Some(entry) = EGRESS_ALLOW_V4.get_ptr(V4Key { addr }) {
-            // SAFETY: the pointer comes from a successful lookup and is valid for this run.
-            return entry_verdict(unsafe { &*entry }, d);
-        }
-        if let Some(entry) = EGRESS_CIDR_V4.get(Key::new(32, addr)) {
-            return entry_verdict(entry, d);
-        }
+    let entry: Option<*const AllowEntry> = if d.family == 4 {
+        let addr = d.words[0].to_ne_bytes();
+        EGRESS_ALLOW_V4.get_ptr(V4Key { addr }).or_else(|| {
+            EGRESS_CIDR_V4
+                .get(Key::new(32, addr))
+                .map(|e| e as *const _)
+        })
     } else {
-        if let Some(entry) = EGRESS_ALLOW_V6.get_ptr(V6Key { addr: d.addr }) {
-            // SAFETY: as above.
-            return entry_verdict(unsafe { &*entry }, d);
-        }
-        if let Some(entry) = EGRESS_CIDR_V6.get(Key::new(128, d.addr)) {
-            return entry_verdict(entry, d);
-        }
-    }
-    if cfg.default_action == DefaultAction::ALLOW {
-        Counter::ALLOW_DEFAULT
-    } else {
-        Counter::DENY_NO_ENTRY
+        let addr = d.bytes();
+        EGRESS_ALLOW_V6.get_ptr(V6Key { addr }).or_else(|| {
+            EGRESS_CIDR_V6
+                .get(Key::new(128, addr))
+                .map(|e| e as *const _)
+        })
+    };
+    match entry {
+        // SAFETY: the pointer comes from a successful lookup and is valid for this run.
+        Some(entry) => entry_verdict(unsafe { &*entry }, d),
+        None if cfg.default_action == DefaultAction::ALLOW => Counter::ALLOW_DEFAULT,
+        None => Counter::DENY_NO_ENTRY,
     }
 }
 

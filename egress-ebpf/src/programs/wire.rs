@@ -16,6 +16,7 @@ use core::ptr::addr_of;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
+    helpers::generated::bpf_sk_fullsock,
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -37,65 +38,100 @@ const LOOPBACK_IFINDEX: u32 = 1;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const TCP_LISTEN: u32 = 10;
+/// A request socket: a SYN received by a listener, answered with a SYN-ACK.
+const TCP_NEW_SYN_RECV: u32 = 12;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+/// IPv6 extension headers walked past to find the transport: hop-by-hop and destination
+/// options. A routing header or a fragment header stops the walk (and is what gets judged).
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_DSTOPTS: u8 = 60;
+const MAX_EXT_HEADERS: usize = 4;
+/// The protocol an IPv4 packet with options is judged as (0, IPv6's hop-by-hop options
+/// number, is never a transport that follows an IPv4 header).
+const IP_OPTIONS: u8 = 0;
+
+/// What the header says of a packet: the socket's own traffic, a destination to judge, or
+/// an unreadable header.
+enum Packet {
+    Own,
+    Judge(Dest),
+    Unreadable,
+}
 
 #[cgroup_skb(egress)]
 pub fn egress_wire(ctx: SkBuffContext) -> i32 {
     let skb: *const __sk_buff = ctx.skb.skb;
     // SAFETY: the kernel hands cgroup_skb programs a valid context.
     let protocol = u16::from_be(field(unsafe { addr_of!((*skb).protocol) }) as u16);
-    match protocol {
+    // One judgement for both families: the verifier walks it once.
+    let packet = match protocol {
         ETH_P_IP => wire_v4(&ctx, skb),
         ETH_P_IPV6 => wire_v6(&ctx, skb),
-        _ => PASS,
+        _ => Packet::Own,
+    };
+    match packet {
+        Packet::Own => PASS,
+        Packet::Judge(d) => finish(skb, &d),
+        Packet::Unreadable => unreadable(),
     }
 }
 
 #[inline(always)]
-fn wire_v4(ctx: &SkBuffContext, skb: *const __sk_buff) -> i32 {
+fn wire_v4(ctx: &SkBuffContext, skb: *const __sk_buff) -> Packet {
     let Ok(hdr) = ctx.load::<[u8; 20]>(0) else {
-        return unreadable();
+        return Packet::Unreadable;
     };
     let dst = [hdr[16], hdr[17], hdr[18], hdr[19]];
     let proto = hdr[9];
+    let ihl = usize::from(hdr[0] & 0x0f) * 4;
     let first_fragment = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff == 0;
-    if let Some((peer4, _, state)) = socket_peer(skb) {
-        if peer4 == u32::from_ne_bytes(dst) && dst[0] != 127 {
-            return PASS;
-        }
-        if state == TCP_LISTEN {
-            return PASS;
-        }
+    // IP options (a source route among them) are judged as their own protocol, which no
+    // entry allows, like an IPv6 routing header.
+    let judged_proto = if ihl > 20 { IP_OPTIONS } else { proto };
+    if judged_proto != IP_OPTIONS
+        && dst[0] != 127
+        && own_traffic(skb, proto, |sk| sk.dst_ip4 == u32::from_ne_bytes(dst))
+    {
+        return Packet::Own;
     }
-    let port = if first_fragment {
-        l4_port(ctx, usize::from(hdr[0] & 0x0f) * 4, proto)
+    let port = if first_fragment && judged_proto != IP_OPTIONS {
+        l4_port(ctx, ihl, proto)
     } else {
         0
     };
-    finish(skb, &Dest::v4(dst, port, Proto(proto)))
+    Packet::Judge(Dest::v4(dst, port, Proto(judged_proto)))
 }
 
 #[inline(always)]
-fn wire_v6(ctx: &SkBuffContext, skb: *const __sk_buff) -> i32 {
+fn wire_v6(ctx: &SkBuffContext, skb: *const __sk_buff) -> Packet {
     let Ok(hdr) = ctx.load::<[u8; 40]>(0) else {
-        return unreadable();
+        return Packet::Unreadable;
     };
     let word = |i: usize| u32::from_ne_bytes([hdr[24 + i], hdr[25 + i], hdr[26 + i], hdr[27 + i]]);
     let w = [word(0), word(4), word(8), word(12)];
-    // Extension headers (a routing header among them) come before the transport header;
-    // such packets are judged with the extension header as their protocol, which no entry
-    // allows.
-    let proto = hdr[6];
-    if let Some((_, peer6, state)) = socket_peer(skb) {
-        let loopback = w[0] == 0 && w[1] == 0 && w[2] == 0;
-        if peer6 == w && !loopback {
-            return PASS;
+    // Hop-by-hop and destination options are walked past; a routing header stops the walk,
+    // and the packet is judged with it as its protocol, which no entry allows.
+    let mut proto = hdr[6];
+    let mut offset = 40usize;
+    let mut i = 0;
+    while i < MAX_EXT_HEADERS {
+        if proto != IPV6_HOPOPTS && proto != IPV6_DSTOPTS {
+            break;
         }
-        if state == TCP_LISTEN {
-            return PASS;
-        }
+        let Ok(ext) = ctx.load::<[u8; 2]>(offset) else {
+            return Packet::Unreadable;
+        };
+        proto = ext[0];
+        offset += (usize::from(ext[1]) + 1) * 8;
+        i += 1;
     }
-    let port = l4_port(ctx, 40, proto);
-    finish(skb, &Dest::v6(w, port, Proto(proto)))
+    let loopback = w[0] == 0 && w[1] == 0 && w[2] == 0;
+    if !loopback && own_traffic(skb, proto, |sk| sk.dst_ip6 == w) {
+        return Packet::Own;
+    }
+    let port = l4_port(ctx, offset, proto);
+    Packet::Judge(Dest::v6(w, port, Proto(proto)))
 }
 
 /// The destination port of a TCP or UDP header at `offset`; 0 for other protocols.
@@ -108,26 +144,59 @@ fn l4_port(ctx: &SkBuffContext, offset: usize, proto: u8) -> u16 {
         .map_or(0, |p| u16::from_be_bytes([p[2], p[3]]))
 }
 
-/// The peer (IPv4 and IPv6, network byte order) and TCP state of the packet's socket.
+/// What the wire check knows of the packet's socket.
+struct Peer {
+    dst_ip4: u32,
+    dst_ip6: [u32; 4],
+}
+
+/// Whether the packet is its socket's own traffic, which the syscall hooks have judged: a
+/// TCP or UDP packet of a TCP or UDP socket (stream or datagram, not raw) going to the
+/// socket's peer (`is_peer`), or a TCP listener's answer to a SYN. Any other protocol —
+/// UDP-Lite, SCTP, DCCP, whose sockets no syscall hook judges — and raw sockets never are.
 #[inline(always)]
-fn socket_peer(skb: *const __sk_buff) -> Option<(u32, [u32; 4], u32)> {
-    // SAFETY: `sk` is the context's socket pointer; it is read only after the null check the
-    // verifier demands.
+fn own_traffic(skb: *const __sk_buff, proto: u8, is_peer: impl Fn(&Peer) -> bool) -> bool {
+    if proto != Proto::TCP.0 && proto != Proto::UDP.0 {
+        return false;
+    }
+    // SAFETY: `sk` is the context's socket pointer; it is dereferenced only after the null
+    // checks the verifier demands, and `bpf_sk_fullsock` takes a socket pointer.
     unsafe {
-        let sk: *const bpf_sock = (*skb).__bindgen_anon_2.sk;
+        let sk: *mut bpf_sock = (*skb).__bindgen_anon_2.sk;
         if sk.is_null() {
-            return None;
+            return false;
         }
-        Some((
-            field(addr_of!((*sk).dst_ip4)),
-            [
+        let state = field(addr_of!((*sk).state));
+        let peer = |sk: *const bpf_sock| Peer {
+            dst_ip4: field(addr_of!((*sk).dst_ip4)),
+            dst_ip6: [
                 field(addr_of!((*sk).dst_ip6[0])),
                 field(addr_of!((*sk).dst_ip6[1])),
                 field(addr_of!((*sk).dst_ip6[2])),
                 field(addr_of!((*sk).dst_ip6[3])),
             ],
-            field(addr_of!((*sk).state)),
-        ))
+        };
+        // A SYN-ACK is sent on the request socket, which only a TCP listener makes.
+        if state == TCP_NEW_SYN_RECV {
+            return proto == Proto::TCP.0 && is_peer(&peer(sk));
+        }
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return false;
+        }
+        let (ty, protocol) = (
+            field(addr_of!((*full).type_)),
+            field(addr_of!((*full).protocol)),
+        );
+        let plain = (ty == SOCK_STREAM && protocol == u32::from(Proto::TCP.0))
+            || (ty == SOCK_DGRAM && protocol == u32::from(Proto::UDP.0));
+        if !plain || protocol != u32::from(proto) {
+            return false;
+        }
+        if state == TCP_LISTEN {
+            return proto == Proto::TCP.0;
+        }
+        is_peer(&peer(full))
     }
 }
 

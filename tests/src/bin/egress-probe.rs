@@ -18,7 +18,13 @@
 //! - `udp-lsrr`: an IPv4 loose source route through X (IP_OPTIONS), then sendto A;
 //! - `udp-bind-dev`: `ADDR,IFNAME`: SO_BINDTODEVICE, then sendto ADDR (a loopback address
 //!   pushed out of a real device);
-//! - `icmp-ping`: an ICMP echo request from an unprivileged "ping" socket, sendto ADDR.
+//! - `icmp-ping`: an ICMP echo request from an unprivileged "ping" socket, sendto ADDR;
+//! - `udp-connected-lsrr` `A,X`: connect to A, then a loose source route through A and X;
+//! - `udplite-connect`: a UDP-Lite socket (which no syscall hook judges), connect and send;
+//! - `raw-udp-connect`: a raw IPPROTO_UDP socket, connect (no hook either), send a UDP
+//!   datagram built by hand;
+//! - `udp-dstopts`: an IPv6 destination options header (PadN) on an unconnected socket,
+//!   sendto ADDR: ordinary traffic that must still pass.
 //!
 //! Bursts, for counting: `tcp-each ADDR:FIRST-LAST` connects once to every port of the
 //! range, `tcp-repeat ADDR,N` N times to one address; both succeed when every attempt was
@@ -341,6 +347,68 @@ fn run(op: &str, arg: &str) -> io::Result<()> {
             let fd = socket(&a, libc::SOCK_DGRAM)?;
             setsockopt_bytes(&fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &option)?;
             sendto(&fd, &a, 0)
+        }
+        "udp-connected-lsrr" => {
+            let (a, x) = pair(arg)?;
+            let (SocketAddr::V4(first), SocketAddr::V4(via)) = (a, x) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 only"));
+            };
+            // NOP, LSRR: type 131, length 11, pointer 4, two hops (A, then X).
+            let mut option = vec![1, 131, 11, 4];
+            option.extend_from_slice(&first.ip().octets());
+            option.extend_from_slice(&via.ip().octets());
+            let fd = socket(&a, libc::SOCK_DGRAM)?;
+            connect(&fd, &a)?;
+            setsockopt_bytes(&fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &option)?;
+            send(&fd)
+        }
+        "udplite-connect" | "raw-udp-connect" => {
+            let addr = parse(arg)?;
+            let family = if addr.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            let (ty, proto) = if op == "udplite-connect" {
+                (libc::SOCK_DGRAM, 136)
+            } else {
+                (libc::SOCK_RAW, libc::IPPROTO_UDP)
+            };
+            // SAFETY: plain syscall.
+            let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) };
+            check(fd as isize)?;
+            // SAFETY: a new fd owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            if op == "raw-udp-connect" && !addr.is_ipv4() {
+                // The kernel fills in the checksum at offset 6.
+                let offset: libc::c_int = 6;
+                setsockopt_bytes(
+                    &fd,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_CHECKSUM,
+                    &offset.to_ne_bytes(),
+                )?;
+            }
+            connect(&fd, &addr)?;
+            if op == "raw-udp-connect" {
+                let mut datagram = vec![0x30, 0x39];
+                datagram.extend_from_slice(&addr.port().to_be_bytes());
+                datagram.extend_from_slice(&9u16.to_be_bytes());
+                datagram.extend_from_slice(&[0, 0, b'x']);
+                // SAFETY: valid fd and buffer.
+                return check(unsafe {
+                    libc::send(fd.as_raw_fd(), datagram.as_ptr().cast(), datagram.len(), 0)
+                });
+            }
+            send(&fd)
+        }
+        "udp-dstopts" => {
+            let addr = parse(arg)?;
+            let fd = socket(&addr, libc::SOCK_DGRAM)?;
+            // next header, length 0 (8 bytes), PadN of 4 bytes.
+            let header = [0u8, 0, 1, 4, 0, 0, 0, 0];
+            setsockopt_bytes(&fd, libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &header)?;
+            sendto(&fd, &addr, 0)
         }
         "udp-bind-dev" => {
             let (addr, ifname) = arg
