@@ -158,7 +158,9 @@ impl PortRanges {
             if hi - lo <= 1 {
                 break;
             }
-            let mid = (lo + hi) / 2;
+            // The compiler can prove `mid` in bounds and drop the check; older verifiers
+            // cannot, and refuse the access. `opaque` keeps the check in the program.
+            let mid = opaque((lo + hi) / 2);
             let Some(r) = self.ranges.get(mid) else {
                 break;
             };
@@ -169,11 +171,19 @@ impl PortRanges {
             }
             step += 1;
         }
-        match self.ranges.get(lo) {
+        match self.ranges.get(opaque(lo)) {
             Some(r) if r.first <= port && port <= r.last => Counter::ALLOW_ENTRY,
             _ => Counter::DENY_PORT,
         }
     }
+}
+
+/// `x`, through memory: what the compiler knows of its range is forgotten, so that bounds
+/// checks it could otherwise prove redundant stay for the BPF verifier to see.
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&x) }
 }
 
 /// The value of every allow map: which port set a destination may be reached on, and why.

@@ -151,6 +151,12 @@ pub fn run(root: &Path, args: &VmTestArgs) -> anyhow::Result<()> {
                     let next = queue.lock().expect("queue").next();
                     let Some((kernel, initrd)) = next else { break };
                     let report = boot_and_judge(&kernel, &initrd, accel, args, &work, &binaries);
+                    eprintln!(
+                        "vm-test: {} {} after {:.0}s",
+                        report.series,
+                        report.problem.as_deref().unwrap_or("passed"),
+                        report.seconds
+                    );
                     reports.lock().expect("reports").push(report);
                 }
             });
