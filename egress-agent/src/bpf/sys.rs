@@ -1,6 +1,6 @@
-//! The two bpf(2) commands aya 0.14 does not expose: opening a pinned link as a plain fd
-//! (`BPF_OBJ_GET`) and swapping the program behind a link (`BPF_LINK_UPDATE`, Linux ≥ 5.7 for
-//! cgroup links). Swapping in place is what lets a restarted or upgraded agent replace its
+//! The bpf(2) commands aya 0.14 does not expose: opening a pinned link as a plain fd
+//! (`BPF_OBJ_GET`), swapping the program behind a link (`BPF_LINK_UPDATE`, Linux ≥ 5.7 for
+//! cgroup links) and detaching it at once (`BPF_LINK_DETACH`, Linux ≥ 5.9). Swapping in place is what lets a restarted or upgraded agent replace its
 //! programs with no instant in which the cgroup runs none (fail-open) or two (needless cost).
 
 use std::{
@@ -15,6 +15,7 @@ use std::{
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `union bpf_attr` is at most 144 bytes in current kernels; unused bytes must be zero.
 #[repr(C, align(8))]
@@ -70,4 +71,14 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     attr.put_u32(0, link.as_raw_fd() as u32);
     attr.put_u32(4, prog.as_raw_fd() as u32);
     bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Detaches a link's program now, whoever still holds the link (Linux ≥ 5.9). Dropping the
+/// last reference detaches too, but later: bpffs frees an unlinked pin after an RCU grace
+/// period.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::new();
+    // struct { __u32 link_fd; }
+    attr.put_u32(0, link.as_raw_fd() as u32);
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }

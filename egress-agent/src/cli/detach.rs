@@ -1,10 +1,11 @@
-//! `egress-agent detach`: stop enforcing. Removing the pins drops the last references to
-//! the links (the programs detach) and to the maps.
+//! `egress-agent detach`: stop enforcing. Each pinned link is detached at once
+//! (`BPF_LINK_DETACH`), then the pins go, dropping the last references to the links and the
+//! maps.
 
-use std::process::ExitCode;
+use std::{os::fd::AsFd as _, process::ExitCode};
 
 use anyhow::Context as _;
-use egress_agent::bpf::Pins;
+use egress_agent::bpf::{Pins, sys};
 
 use super::BpffsArg;
 
@@ -26,6 +27,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _lock = egress_agent::agent::lock(pins.root())
         .context("stop the agent (SIGTERM) before detaching")?;
     for link in pins.link_files() {
+        // Without BPF_LINK_DETACH (Linux < 5.9) the program detaches when bpffs frees the
+        // unlinked pin, a moment later.
+        if let Err(e) = sys::obj_get(&link).and_then(|fd| sys::link_detach(fd.as_fd())) {
+            eprintln!("{}: cannot detach at once ({e}); unpinning", link.display());
+        }
         std::fs::remove_file(&link)
             .with_context(|| format!("failed to unpin {}", link.display()))?;
         println!("detached {}", link.display());
