@@ -179,22 +179,26 @@ impl FlowTable {
         })
     }
 
-    /// Keeps the table within its capacity: the least recently seen flows go.
+    /// Keeps the table within its capacity: the least recently seen flows go, a tenth of the
+    /// table at a time, so that a flood of new flows costs a sort per thousand flows, not
+    /// one per flow.
     fn evict(&mut self) {
         if self.flows.len() <= self.capacity {
             return;
         }
+        let keep = self.capacity - self.capacity / 10;
         let mut by_age: Vec<(u64, FlowKey)> = self
             .flows
             .iter()
             .map(|(k, r)| (r.last_seen_ms, *k))
             .collect();
         by_age.sort_unstable_by_key(|(t, _)| *t);
-        let excess = self.flows.len() - self.capacity;
+        let excess = self.flows.len() - keep;
         for (_, key) in by_age.into_iter().take(excess) {
             self.flows.remove(&key);
-            self.accounted.retain(|(k, _), _| *k != key);
         }
+        let flows = &self.flows;
+        self.accounted.retain(|(k, _), _| flows.contains_key(k));
     }
 }
 
@@ -362,5 +366,17 @@ mod tests {
         t.on_event(&event(key(3), 0, 1), 40, Context::default);
         let ports: Vec<u16> = t.records().iter().map(|r| r.port).collect();
         assert_eq!(ports, [1, 3]);
+    }
+
+    #[test]
+    fn a_flood_of_new_flows_stays_within_capacity_cheaply() {
+        let mut t = FlowTable::new(1000);
+        for port in 0..50_000u16 {
+            t.on_event(&event(key(port), 0, 1), u64::from(port), Context::default);
+        }
+        assert!(t.len() <= 1000);
+        assert!(t.accounted.len() <= 1000);
+        // The newest flows stay.
+        assert!(t.contains(&key(49_999)));
     }
 }
