@@ -1,8 +1,9 @@
 //! Why a destination is allowed or denied, worked out from the pinned maps the way the
 //! kernel programs do (`egress-ebpf/src/programs/verdict.rs`): loopback is allowed; an IPv6
 //! form of an IPv4 host is judged as that host; the exact address, else the longest matching
-//! prefix, decides through its port set; without an entry, the default action does. The
-//! end-to-end tests hold the two to the same answers.
+//! prefix, among the entries of the caller's class and then among the node-wide ones,
+//! decides through its port set; without an entry, the default action does. The end-to-end
+//! tests hold the two to the same answers.
 
 use std::{
     collections::BTreeMap,
@@ -10,13 +11,13 @@ use std::{
 };
 
 use egress_common::{
-    AllowEntry, Config, DefaultAction, Mode, PortRanges, PortSetId, SourceId, SourceKind,
-    SourceRecord,
+    AllowEntry, ClassId, Config, DefaultAction, MAX_CLASS_LEVELS, Mode, PortRanges, PortSetId,
+    SourceId, SourceKind, SourceRecord,
 };
 use serde::Serialize;
 
 use crate::{
-    enforce::{EntryKey, source::label},
+    enforce::{EntryKey, Target, class_name, source::label},
     ports::{PortSet, Protocol},
 };
 
@@ -26,6 +27,8 @@ pub struct MapView {
     pub entries: BTreeMap<EntryKey, AllowEntry>,
     pub ports: BTreeMap<PortSetId, PortRanges>,
     pub sources: BTreeMap<SourceId, SourceRecord>,
+    /// Cgroup id → class, for pods the agent placed.
+    pub classes: BTreeMap<u64, ClassId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -42,6 +45,8 @@ pub struct Explanation {
     pub entry: Option<EntryView>,
     pub default_action: String,
     pub mode: String,
+    /// The caller's class: `node` (the node-wide rules) or a class id.
+    pub class: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -92,23 +97,61 @@ fn is_loopback(addr: IpAddr) -> bool {
 }
 
 impl MapView {
-    /// Every entry that covers `addr` (exact address first, then prefixes, longest first);
-    /// the first one is the one the kernel uses.
-    pub fn covering(&self, addr: IpAddr) -> Vec<(EntryKey, &AllowEntry)> {
+    /// The class the kernel gives a caller whose cgroup has these ancestors (`ancestors[l]`
+    /// is the id of the ancestor at level `l`, the root being level 0), as
+    /// `egress-ebpf/src/programs/verdict.rs` works it out.
+    pub fn class_of(&self, ancestors: &[u64]) -> ClassId {
+        let levels = self.config.class_levels.min(MAX_CLASS_LEVELS);
+        if levels == 0 {
+            return ClassId::BASE;
+        }
+        let first = self.config.class_first_level as usize;
+        ancestors
+            .iter()
+            .skip(first)
+            .take(levels as usize)
+            .find_map(|id| self.classes.get(id).copied())
+            .unwrap_or(self.config.unknown_class)
+    }
+
+    /// Every entry of `class` that covers `addr` (exact address first, then prefixes,
+    /// longest first), then those of the node-wide class; the first one is the one the
+    /// kernel uses.
+    pub fn covering(&self, addr: IpAddr, class: ClassId) -> Vec<(EntryKey, &AllowEntry)> {
+        let mut found = self.covering_in(addr, |c| c == class);
+        if class != ClassId::BASE {
+            found.extend(self.covering_in(addr, |c| c == ClassId::BASE));
+        }
+        found
+    }
+
+    /// Every entry of any class that covers `addr`, the node-wide ones first.
+    pub fn covering_any(&self, addr: IpAddr) -> Vec<(EntryKey, &AllowEntry)> {
+        let mut found = self.covering_in(addr, |c| c == ClassId::BASE);
+        found.extend(self.covering_in(addr, |c| c != ClassId::BASE));
+        found
+    }
+
+    fn covering_in(
+        &self,
+        addr: IpAddr,
+        in_class: impl Fn(ClassId) -> bool,
+    ) -> Vec<(EntryKey, &AllowEntry)> {
         let addr = as_judged(addr);
         let mut exact: Vec<(EntryKey, &AllowEntry)> = Vec::new();
         let mut prefixes: Vec<(EntryKey, &AllowEntry)> = Vec::new();
-        for (key, entry) in &self.entries {
-            match key {
-                EntryKey::V4(a) if IpAddr::V4(*a) == addr => exact.push((*key, entry)),
-                EntryKey::V6(a) if IpAddr::V6(*a) == addr => exact.push((*key, entry)),
-                k @ (EntryKey::Net4(_) | EntryKey::Net6(_)) if k.as_net().contains(&addr) => {
+        for (key, entry) in self.entries.iter().filter(|(k, _)| in_class(k.class)) {
+            match key.target {
+                Target::V4(a) if IpAddr::V4(a) == addr => exact.push((*key, entry)),
+                Target::V6(a) if IpAddr::V6(a) == addr => exact.push((*key, entry)),
+                t @ (Target::Net4(_) | Target::Net6(_)) if t.as_net().contains(&addr) => {
                     prefixes.push((*key, entry));
                 }
                 _ => {}
             }
         }
-        prefixes.sort_by_key(|(k, _)| std::cmp::Reverse(k.as_net().prefix_len()));
+        prefixes.sort_by_key(|(k, _)| (k.class, std::cmp::Reverse(k.as_net().prefix_len())));
+        exact.sort_by_key(|(k, _)| k.class);
         exact.extend(prefixes);
         exact
     }
@@ -142,14 +185,21 @@ impl MapView {
         }
     }
 
-    /// The kernel's verdict for `addr:port` over `protocol`, and what decides it.
-    pub fn explain(&self, addr: IpAddr, port: u16, protocol: Protocol) -> Explanation {
+    /// The kernel's verdict for `addr:port` over `protocol` from a caller in `class`, and
+    /// what decides it.
+    pub fn explain(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        class: ClassId,
+    ) -> Explanation {
         let (judged, nat64) = judged(addr);
         let audit = self.config.mode == Mode::AUDIT;
         let default_allows = self.config.default_action == DefaultAction::ALLOW;
         let (allowed, reason, entry) = if is_loopback(judged) && !nat64 {
             (true, "loopback", None)
-        } else if let Some((key, entry)) = self.covering(judged).into_iter().next() {
+        } else if let Some((key, entry)) = self.covering(judged, class).into_iter().next() {
             let ports = self.ports_of(entry);
             let reason = if ports.allows(protocol, port) {
                 "entry"
@@ -178,14 +228,15 @@ impl MapView {
             entry,
             default_action: if default_allows { "allow" } else { "deny" }.to_owned(),
             mode: if audit { "audit" } else { "enforce" }.to_owned(),
+            class: class_name(class),
         }
     }
 
-    /// The hostnames behind an address: the hosts among the sources of every entry that
-    /// covers it.
+    /// The hostnames behind an address: the hosts among the sources of every entry, of any
+    /// class, that covers it.
     pub fn hostnames(&self, addr: IpAddr) -> Vec<String> {
         let mut names: Vec<String> = self
-            .covering(addr)
+            .covering_any(addr)
             .into_iter()
             .flat_map(|(k, e)| self.view(k, e).sources)
             .filter(|s| s.kind == "host")

@@ -8,6 +8,7 @@ pub mod events;
 pub mod explain;
 mod hash;
 pub mod learn;
+pub mod pods;
 pub mod policy;
 pub mod ports;
 pub mod resolve;

@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a key or value layout below changes. The agent pins maps under a
 /// directory named after it, so a new layout gets new maps instead of misreading old ones.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Program names (the Rust function names of the kernel entry points).
 pub mod programs {
@@ -48,18 +48,22 @@ pub mod maps {
     /// Where entries come from (hostnames, rules): [`crate::SourceId`] → [`crate::SourceRecord`].
     /// Only user space reads it; it lives in bpffs so it is pinned with the entries it explains.
     pub const SOURCES: &str = "EGRESS_SOURCES";
+    /// Which policy class a pod's cgroup is in: cgroup id (`u64`) → [`crate::ClassId`]. The
+    /// hooks look up the caller's cgroup ancestry in it (see [`crate::Config`]).
+    pub const CLASSES: &str = "EGRESS_CLASSES";
     /// Ring buffer of [`crate::Event`]s: the first denial of a flow, then at most one a second.
     pub const EVENTS: &str = "EGRESS_EVENTS";
     /// Per-CPU LRU hash [`crate::FlowKey`] → [`crate::FlowStat`]: every denial counted, so
     /// counts stay exact however few events are sent and however many are lost.
     pub const FLOWS: &str = "EGRESS_FLOWS";
     /// Every map, for pinning and for the ELF symbol test.
-    pub const ALL: [&str; 10] = [
-        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, EVENTS, FLOWS,
+    pub const ALL: [&str; 11] = [
+        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, CLASSES, EVENTS,
+        FLOWS,
     ];
     /// Maps pinned in a generation directory (the ring buffer is each agent's own).
-    pub const PINNED: [&str; 9] = [
-        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, FLOWS,
+    pub const PINNED: [&str; 10] = [
+        ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, CLASSES, FLOWS,
     ];
     /// Maps whose capacity follows the agent's `--max-entries`.
     pub const SIZED: [&str; 6] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, SOURCES];
@@ -67,6 +71,26 @@ pub mod maps {
 
 /// Default capacity of each sized map.
 pub const DEFAULT_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of [`maps::CLASSES`]: pod cgroups one node can hold (kubelet's default is 110
+/// pods; the largest supported settings stay far below this).
+pub const CLASS_SLOTS: u32 = 16_384;
+/// Cgroup levels the hooks search for a pod's class, starting at
+/// [`Config::class_first_level`]: a pod's cgroup is one (Guaranteed QoS) or two (Burstable,
+/// BestEffort) levels below the pods' root; the bound leaves room for nesting.
+pub const MAX_CLASS_LEVELS: u32 = 4;
+
+/// A policy class: the set of rules that apply to a group of pods. Entries of the allow maps
+/// belong to one class; [`ClassId::BASE`] holds the node-wide rules, which every class falls
+/// back to. Ids are content hashes of the class's rules, so a restarted agent finds the same
+/// ones.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassId(pub u64);
+
+impl ClassId {
+    /// The node-wide rules: the only class when no rule is scoped.
+    pub const BASE: Self = Self(0);
+}
 
 /// An IP protocol number as the kernel reports it in `bpf_sock_addr.protocol`.
 #[repr(transparent)]
@@ -213,18 +237,55 @@ impl AllowEntry {
     };
 }
 
-/// Key of [`maps::ALLOW_V4`]: an IPv4 address in network byte order.
+/// Key of [`maps::ALLOW_V4`]: a class and an IPv4 address in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct V4Key {
+    pub class: ClassId,
     pub addr: [u8; 4],
+    pub reserved: [u8; 4],
 }
 
-/// Key of [`maps::ALLOW_V6`]: an IPv6 address in network byte order.
+/// Key of [`maps::ALLOW_V6`]: a class and an IPv6 address in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct V6Key {
+    pub class: ClassId,
     pub addr: [u8; 16],
+}
+
+/// Bytes of an LPM key of [`maps::CIDR_V4`]: the class's 8 bytes (native order), then the
+/// address; the prefix length counts the class's 64 bits, so a prefix never crosses classes.
+pub const CIDR_V4_KEY: usize = 12;
+/// Bytes of an LPM key of [`maps::CIDR_V6`] (as [`CIDR_V4_KEY`]).
+pub const CIDR_V6_KEY: usize = 24;
+/// Bits of the class in an LPM key's prefix length.
+pub const CLASS_BITS: u32 = 64;
+
+/// The data of a [`maps::CIDR_V4`] key.
+#[inline(always)]
+pub fn cidr_v4_key(class: ClassId, addr: [u8; 4]) -> [u8; CIDR_V4_KEY] {
+    let c = class.0.to_ne_bytes();
+    [
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// The data of a [`maps::CIDR_V6`] key.
+#[inline(always)]
+pub fn cidr_v6_key(class: ClassId, addr: [u8; 16]) -> [u8; CIDR_V6_KEY] {
+    let mut k = [0; CIDR_V6_KEY];
+    let c = class.0.to_ne_bytes();
+    let mut i = 0;
+    while i < 8 {
+        k[i] = c[i];
+        i += 1;
+    }
+    while i < CIDR_V6_KEY {
+        k[i] = addr[i - 8];
+        i += 1;
+    }
+    k
 }
 
 /// Enforce or only observe.
@@ -250,12 +311,22 @@ impl DefaultAction {
     pub const ALLOW: Self = Self(1);
 }
 
-/// The value of [`maps::CONFIG`] (index 0). All zeroes (the default) means enforce and deny.
+/// The value of [`maps::CONFIG`] (index 0). All zeroes (the default) means enforce and deny,
+/// with one class for every cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub mode: Mode,
     pub default_action: DefaultAction,
+    /// The class of a cgroup that [`maps::CLASSES`] does not place (a pod whose metadata the
+    /// agent does not know yet): the node-wide allows with every deny rule of the policy.
+    pub unknown_class: ClassId,
+    /// The cgroup level (the root is 0) of the first ancestor looked up in
+    /// [`maps::CLASSES`]: one below the pods' root.
+    pub class_first_level: u32,
+    /// How many levels to look up, at most [`MAX_CLASS_LEVELS`]; 0 when no rule is scoped:
+    /// every cgroup is then in [`ClassId::BASE`] and no lookup is made.
+    pub class_levels: u32,
 }
 
 /// Index into [`maps::COUNTERS`].
@@ -452,9 +523,10 @@ const _: () = assert!(size_of::<PortRange>() == 6);
 const _: () = assert!(size_of::<PortRanges>() == 392);
 const _: () = assert!(size_of::<PortSetId>() == 8);
 const _: () = assert!(size_of::<AllowEntry>() == 88);
-const _: () = assert!(size_of::<V4Key>() == 4);
-const _: () = assert!(size_of::<V6Key>() == 16);
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<V4Key>() == 16);
+const _: () = assert!(size_of::<V6Key>() == 24);
+const _: () = assert!(size_of::<Config>() == 24);
+const _: () = assert!(size_of::<ClassId>() == 8);
 const _: () = assert!(size_of::<SourceId>() == 8);
 const _: () = assert!(size_of::<SourceRecord>() == 280);
 
@@ -469,6 +541,7 @@ mod pod {
     unsafe impl aya::Pod for super::V6Key {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SourceId {}
+    unsafe impl aya::Pod for super::ClassId {}
     unsafe impl aya::Pod for super::SourceRecord {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStat {}

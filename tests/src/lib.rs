@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod kubeapi;
 pub mod netns;
 pub mod pod;
 pub mod probe;

@@ -31,7 +31,13 @@ pub fn binary() -> PathBuf {
 
 /// Runs the operations (`(op, addr)` pairs) in one probe process in `pod`.
 pub fn run(pod: &Pod, ops: &[(&str, &str)]) -> Vec<Outcome> {
-    let mut cmd = pod.command(binary());
+    run_in(pod, &pod.cgroup, ops)
+}
+
+/// As [`run`], with the probe in `cgroup` (in the pod's namespaces): a container cgroup of a
+/// simulated kubelet tree, or a cgroup outside the enforced one.
+pub fn run_in(pod: &Pod, cgroup: &std::path::Path, ops: &[(&str, &str)]) -> Vec<Outcome> {
+    let mut cmd = pod.command_in(cgroup, binary());
     for (op, addr) in ops {
         cmd.arg(op).arg(addr);
     }

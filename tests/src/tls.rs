@@ -13,7 +13,12 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    /// A CA and one server certificate valid for `names`.
+    /// A CA and one server certificate valid for the IP address `ip`.
+    pub fn for_ip(ip: std::net::IpAddr) -> anyhow::Result<Self> {
+        Self::new(&[&ip.to_string()])
+    }
+
+    /// A CA and one server certificate valid for `names` (an IP address becomes an IP SAN).
     pub fn new(names: &[&str]) -> anyhow::Result<Self> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

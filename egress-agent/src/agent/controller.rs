@@ -15,7 +15,11 @@ use super::{
 };
 use crate::{
     bpf::{Cgroup, Loaded, PinnedMaps, Pins},
-    enforce::{EntryKey, Reconciler, compute, desired::check_representable},
+    enforce::{
+        Reconciler, Target,
+        desired::{check_representable, compute_for},
+    },
+    pods::Tracked,
     policy::{self, Hostname, Policy},
     resolve::{HostCache, Outcome, Upstream},
 };
@@ -54,6 +58,23 @@ pub struct Controller {
     /// Set while the enforced cgroup is missing.
     cgroup_problem: Option<String>,
     observers: Observers,
+    /// The node's pods, when they are tracked (`--node-name`), and the latest of them.
+    pods: Option<tokio::sync::watch::Receiver<Tracked>>,
+    tracked: Tracked,
+}
+
+/// The next change of the tracked pods; never, when pods are not tracked. Cancellation
+/// safe, as the loop's `select!` needs.
+async fn pods_changed(rx: &mut Option<tokio::sync::watch::Receiver<Tracked>>) -> Option<Tracked> {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            Some(rx.borrow_and_update().clone())
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Where the agent's figures go besides the status file.
@@ -90,8 +111,13 @@ impl Controller {
         upstream_ips: Vec<IpAddr>,
         status: status::Status,
         observers: Observers,
+        mut pods: Option<tokio::sync::watch::Receiver<Tracked>>,
     ) -> Self {
         let (results_tx, results) = mpsc::unbounded_channel();
+        let tracked = pods
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .unwrap_or_default();
         let mut c = Self {
             config,
             policy,
@@ -111,6 +137,8 @@ impl Controller {
             map_problems: Vec::new(),
             cgroup_problem: None,
             observers,
+            pods,
+            tracked,
         };
         c.record_applied_policy();
         c
@@ -243,6 +271,15 @@ impl Controller {
                     self.reload(true).await;
                 }
                 () = watcher.changed() => self.reload(false).await,
+                Some(tracked) = pods_changed(&mut self.pods) => {
+                    tracing::debug!(
+                        placed = tracked.pods.by_cgroup.len(),
+                        unplaced = tracked.unplaced.len(),
+                        "pods changed"
+                    );
+                    self.tracked = tracked;
+                    let _ = self.reconcile();
+                }
                 Some((host, outcome)) = self.results.recv() => {
                     self.on_resolved(host, outcome);
                     while let Ok((host, outcome)) = self.results.try_recv() {
@@ -383,7 +420,13 @@ impl Controller {
     }
 
     fn try_reconcile(&mut self) -> Result<(), AgentError> {
-        let desired = compute(&self.policy, &self.cache, &self.upstream_ips, now());
+        let desired = compute_for(
+            &self.policy,
+            &self.cache,
+            &self.upstream_ips,
+            now(),
+            &self.tracked.pods,
+        );
         let mut problems = Vec::new();
         for (key, err, sources) in &desired.closed {
             let msg = format!(
@@ -505,14 +548,25 @@ impl Controller {
     fn count_entries(&mut self) {
         let mut counts = status::EntryCounts::default();
         for key in self.reconciler.entries().keys() {
-            match key {
-                EntryKey::V4(_) => counts.v4 += 1,
-                EntryKey::V6(_) => counts.v6 += 1,
-                EntryKey::Net4(_) => counts.cidr_v4 += 1,
-                EntryKey::Net6(_) => counts.cidr_v6 += 1,
+            match key.target {
+                Target::V4(_) => counts.v4 += 1,
+                Target::V6(_) => counts.v6 += 1,
+                Target::Net4(_) => counts.cidr_v4 += 1,
+                Target::Net6(_) => counts.cidr_v6 += 1,
             }
         }
         counts.port_sets = self.reconciler.ports().len();
+        if self.pods.is_some() {
+            let mut classes: std::collections::BTreeSet<_> =
+                self.reconciler.entries().keys().map(|k| k.class).collect();
+            classes.insert(egress_common::ClassId::BASE);
+            self.status.pods = Some(status::PodsStatus {
+                placed: self.tracked.pods.by_cgroup.len(),
+                unplaced: self.tracked.unplaced.clone(),
+                synced: self.tracked.synced,
+                classes: classes.len(),
+            });
+        }
         counts.sources = self.reconciler.sources().len();
         self.status.entries = counts;
         self.status.hosts = self.cache.iter().count();

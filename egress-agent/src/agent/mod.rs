@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub event_buffer: u32,
     /// Address of the Prometheus endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// Where pod metadata comes from, for scoped rules (`--node-name`).
+    pub kubernetes: Option<crate::pods::kube::ApiSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]

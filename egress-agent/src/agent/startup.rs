@@ -23,7 +23,7 @@ use crate::{
         kernel,
         loader::{EventMaps, LoadError},
     },
-    enforce::{EntryKey, MapStore as _, Reconciler, source},
+    enforce::{EntryKey, MapStore as _, Reconciler, Target, source},
     policy::{self, Hostname, Policy},
     resolve::{HostCache, Upstream, servers_from_resolv_conf},
 };
@@ -66,7 +66,7 @@ pub async fn start(config: AgentConfig, observers: Observers) -> Result<Started,
         path: config.state_dir.clone(),
         source,
     })?;
-    let cgroup = Cgroup::resolve(&config.cgroup)?;
+    let cgroup = resolve_cgroup(&config.cgroup)?;
     ensure_bpffs_dir(&config.bpffs)?;
     let pin_lock = lock(&config.bpffs)?;
     let pins = Pins::new(&config.bpffs);
@@ -136,6 +136,80 @@ pub async fn start(config: AgentConfig, observers: Observers) -> Result<Started,
     }
 }
 
+/// The cgroup to enforce: as given, or for `auto` the kubelet's pods' root.
+fn resolve_cgroup(given: &Path) -> Result<Cgroup, AgentError> {
+    if given != Path::new(AUTO_CGROUP) {
+        return Ok(Cgroup::resolve(given)?);
+    }
+    let mount = bpf::cgroup2_root()?;
+    let root = crate::pods::kubelet::find_pods_root(&mount).ok_or_else(|| {
+        AgentError::Unenforceable(format!(
+            "--cgroup auto: no kubelet pods' root (kubepods.slice, kubepods, \
+             *-kubepods.slice) within three levels of the cgroup2 mount {}",
+            mount.display()
+        ))
+    })?;
+    tracing::info!(root = %root.display(), "found the kubelet's pods' root");
+    Ok(Cgroup::resolve(&root)?)
+}
+
+/// `--cgroup auto`.
+pub const AUTO_CGROUP: &str = "auto";
+
+/// Starts tracking the node's pods (with `--node-name`): the metadata index (seeded with
+/// the previous run's copy), the API watch, and the join with the pod cgroups below
+/// `cgroup`. With scoped rules, waits (up to `resolve_wait`) for a first complete listing,
+/// so that a restart places pods as before rather than as unknown.
+async fn track_pods(
+    config: &AgentConfig,
+    cgroup: &Cgroup,
+    policy: &Policy,
+) -> Result<Option<tokio::sync::watch::Receiver<crate::pods::Tracked>>, AgentError> {
+    use crate::pods::{self, kube};
+    let Some(api) = &config.kubernetes else {
+        if policy.scoped() {
+            tracing::warn!(
+                "the policy has rules for some pods only, but without --node-name no pod is \
+                 known: every pod gets the node-wide allows minus every deny"
+            );
+        }
+        return Ok(None);
+    };
+    let mount = bpf::cgroup2_root()?;
+    let level = pods::kubelet::level(&mount, &cgroup.path).ok_or_else(|| {
+        AgentError::Unenforceable(format!(
+            "{} is not below the cgroup2 mount {}",
+            cgroup.path.display(),
+            mount.display()
+        ))
+    })?;
+    let cached = kube::load_cached(&config.state_dir);
+    if !cached.pods.is_empty() {
+        tracing::info!(
+            pods = cached.pods.len(),
+            "pod metadata from the previous run"
+        );
+    }
+    let (index_tx, mut index_rx) = tokio::sync::watch::channel(cached);
+    let client = kube::client(api)
+        .await
+        .map_err(|e| AgentError::Unenforceable(format!("Kubernetes API client: {e:#}")))?;
+    tokio::spawn(kube::watch_pods(client, api.node.clone(), index_tx));
+    if policy.scoped() {
+        let synced =
+            tokio::time::timeout(config.resolve_wait, index_rx.wait_for(|i| i.synced)).await;
+        if !matches!(synced, Ok(Ok(_))) {
+            tracing::warn!("pods not listed yet; starting with the pod metadata known so far");
+        }
+    }
+    Ok(Some(pods::track(
+        cgroup.path.clone(),
+        level,
+        index_rx,
+        config.state_dir.clone(),
+    )))
+}
+
 /// Loads the programs, fills the maps for `policy` and attaches.
 async fn enforce(
     config: &AgentConfig,
@@ -179,6 +253,7 @@ async fn enforce(
     }
 
     let upstream_ips: Vec<IpAddr> = dns_servers.iter().map(SocketAddr::ip).collect();
+    let pods = track_pods(config, cgroup, &policy).await?;
     let mut controller = Controller::new(
         config.clone(),
         policy,
@@ -189,6 +264,7 @@ async fn enforce(
         upstream_ips,
         status,
         observers,
+        pods,
     );
     controller
         .fits(controller.policy(), at)
@@ -236,9 +312,9 @@ fn adopt(
 ) -> usize {
     let mut n = 0;
     for (key, entry) in entries {
-        let addr = match key {
-            EntryKey::V4(a) => IpAddr::V4(*a),
-            EntryKey::V6(a) => IpAddr::V6(*a),
+        let addr = match key.target {
+            Target::V4(a) => IpAddr::V4(a),
+            Target::V6(a) => IpAddr::V6(a),
             _ => continue,
         };
         let held = (entry.source_count as usize).min(entry.sources.len());

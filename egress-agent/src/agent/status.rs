@@ -40,6 +40,21 @@ pub struct Status {
     /// Where the Prometheus endpoint listens (`--metrics`), as bound.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Pods placed in classes (with `--node-name`).
+    #[serde(default)]
+    pub pods: Option<PodsStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodsStatus {
+    /// Pod cgroups with known metadata.
+    pub placed: usize,
+    /// Pod cgroups whose metadata is not known yet (unknown class), by pod UID.
+    pub unplaced: Vec<String>,
+    /// The metadata comes from a complete listing of the API by this run.
+    pub synced: bool,
+    /// Distinct classes in use, the node-wide one included.
+    pub classes: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

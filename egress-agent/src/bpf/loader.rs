@@ -10,8 +10,8 @@ use aya::{
     },
 };
 use egress_common::{
-    AllowEntry, Config, Counter, FLOW_SLOTS, FlowKey, FlowStat, PortRanges, PortSetId, SourceId,
-    SourceRecord, V4Key, V6Key, maps, programs,
+    AllowEntry, CIDR_V4_KEY, CIDR_V6_KEY, CLASS_SLOTS, ClassId, Config, Counter, FLOW_SLOTS,
+    FlowKey, FlowStat, PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, maps, programs,
 };
 
 use super::{
@@ -76,13 +76,14 @@ fn expected_layout(name: &str) -> (usize, usize, bool) {
     match name {
         maps::ALLOW_V4 => (size_of::<V4Key>(), size_of::<AllowEntry>(), true),
         maps::ALLOW_V6 => (size_of::<V6Key>(), size_of::<AllowEntry>(), true),
-        maps::CIDR_V4 => (4 + 4, size_of::<AllowEntry>(), true),
-        maps::CIDR_V6 => (4 + 16, size_of::<AllowEntry>(), true),
+        maps::CIDR_V4 => (4 + CIDR_V4_KEY, size_of::<AllowEntry>(), true),
+        maps::CIDR_V6 => (4 + CIDR_V6_KEY, size_of::<AllowEntry>(), true),
         maps::PORTS => (size_of::<PortSetId>(), size_of::<PortRanges>(), true),
         maps::CONFIG => (4, size_of::<Config>(), false),
         maps::COUNTERS => (4, size_of::<u64>(), false),
         maps::SOURCES => (size_of::<SourceId>(), size_of::<SourceRecord>(), true),
         maps::FLOWS => (size_of::<FlowKey>(), size_of::<FlowStat>(), false),
+        maps::CLASSES => (size_of::<u64>(), size_of::<ClassId>(), false),
         _ => (0, 0, false),
     }
 }
@@ -93,6 +94,7 @@ fn fixed_capacity(name: &str) -> Option<u32> {
         maps::CONFIG => Some(1),
         maps::COUNTERS => Some(Counter::COUNT),
         maps::FLOWS => Some(FLOW_SLOTS),
+        maps::CLASSES => Some(CLASS_SLOTS),
         _ => None,
     }
 }

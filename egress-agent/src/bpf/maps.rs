@@ -11,23 +11,25 @@ use aya::{
     sys::SyscallError,
 };
 use egress_common::{
-    AllowEntry, Config, Counter, PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, maps,
+    AllowEntry, CIDR_V4_KEY, CIDR_V6_KEY, CLASS_BITS, CLASS_SLOTS, ClassId, Config, Counter,
+    PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, cidr_v4_key, cidr_v6_key, maps,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::pins::Generation;
-use crate::enforce::{Capacity, EntryKey, MapStore, StoreError, reconcile::map_of};
+use crate::enforce::{Capacity, EntryKey, MapStore, StoreError, Target, reconcile::map_of};
 
 /// Typed handles on every map of one generation.
 pub struct PinnedMaps {
     allow_v4: HashMap<MapData, V4Key, AllowEntry>,
     allow_v6: HashMap<MapData, V6Key, AllowEntry>,
-    cidr_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
-    cidr_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    cidr_v4: LpmTrie<MapData, [u8; CIDR_V4_KEY], AllowEntry>,
+    cidr_v6: LpmTrie<MapData, [u8; CIDR_V6_KEY], AllowEntry>,
     ports: HashMap<MapData, PortSetId, PortRanges>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     sources: HashMap<MapData, SourceId, SourceRecord>,
+    classes: HashMap<MapData, u64, ClassId>,
     max_entries: u32,
 }
 
@@ -64,6 +66,7 @@ impl PinnedMaps {
             config: typed(&mut take, maps::CONFIG)?,
             counters: typed(&mut take, maps::COUNTERS)?,
             sources: typed(&mut take, maps::SOURCES)?,
+            classes: typed(&mut take, maps::CLASSES)?,
             max_entries,
         })
     }
@@ -79,64 +82,66 @@ impl PinnedMaps {
         )
     }
 
-    /// The entry the kernel would find for `addr`: the exact address, else the longest
-    /// matching prefix.
-    pub fn lookup(&self, addr: IpAddr) -> Option<(EntryKey, AllowEntry)> {
+    /// The entry the kernel would find for `addr` among `class`'s: the exact address, else
+    /// the longest matching prefix. (The kernel falls back to the node-wide class on a miss.)
+    pub fn lookup(&self, class: ClassId, addr: IpAddr) -> Option<(EntryKey, AllowEntry)> {
+        let key = |target| EntryKey::new(class, target);
         match addr {
             IpAddr::V4(a) => {
-                if let Ok(e) = self.allow_v4.get(&V4Key { addr: a.octets() }, 0) {
-                    return Some((EntryKey::V4(a), e));
+                let exact = V4Key {
+                    class,
+                    addr: a.octets(),
+                    reserved: [0; 4],
+                };
+                if let Ok(e) = self.allow_v4.get(&exact, 0) {
+                    return Some((key(Target::V4(a)), e));
                 }
-                let e = self.cidr_v4.get(&Key::new(32, a.octets()), 0).ok()?;
-                let net = self.longest_v4(a)?;
-                Some((EntryKey::Net4(net), e))
+                let e = self.cidr_v4.get(&lpm_v4(class, Ipv4Net::from(a)), 0).ok()?;
+                let net = self.longest_v4(class, a)?;
+                Some((key(Target::Net4(net)), e))
             }
             IpAddr::V6(a) => {
-                if let Ok(e) = self.allow_v6.get(&V6Key { addr: a.octets() }, 0) {
-                    return Some((EntryKey::V6(a), e));
+                let exact = V6Key {
+                    class,
+                    addr: a.octets(),
+                };
+                if let Ok(e) = self.allow_v6.get(&exact, 0) {
+                    return Some((key(Target::V6(a)), e));
                 }
-                let e = self.cidr_v6.get(&Key::new(128, a.octets()), 0).ok()?;
-                let net = self.longest_v6(a)?;
-                Some((EntryKey::Net6(net), e))
+                let e = self.cidr_v6.get(&lpm_v6(class, Ipv6Net::from(a)), 0).ok()?;
+                let net = self.longest_v6(class, a)?;
+                Some((key(Target::Net6(net)), e))
             }
         }
     }
 
-    /// The longest prefix of the trie that contains `a` (the trie's lookup returns only the
-    /// value, so the key is found by trying lengths from the longest).
-    fn longest_v4(&self, a: Ipv4Addr) -> Option<Ipv4Net> {
+    /// The longest prefix of `class` in the trie that contains `a` (the trie's lookup
+    /// returns only the value, so the key is found by trying lengths from the longest).
+    fn longest_v4(&self, class: ClassId, a: Ipv4Addr) -> Option<Ipv4Net> {
+        let keys: Vec<_> = self.cidr_v4.keys().filter_map(Result::ok).collect();
         (0..=32u8).rev().find_map(|len| {
             let net = Ipv4Net::new(a, len).ok()?.trunc();
-            self.cidr_v4
-                .get(&Key::new(u32::from(len), net.addr().octets()), 0)
-                .ok()
-                .filter(|_| self.has_prefix_v4(net))
-                .map(|_| net)
+            let want = lpm_v4(class, net);
+            keys.iter()
+                .any(|k| k.prefix_len() == want.prefix_len() && k.data() == want.data())
+                .then_some(net)
         })
     }
 
-    fn longest_v6(&self, a: Ipv6Addr) -> Option<Ipv6Net> {
+    fn longest_v6(&self, class: ClassId, a: Ipv6Addr) -> Option<Ipv6Net> {
+        let keys: Vec<_> = self.cidr_v6.keys().filter_map(Result::ok).collect();
         (0..=128u8).rev().find_map(|len| {
             let net = Ipv6Net::new(a, len).ok()?.trunc();
-            self.cidr_v6
-                .get(&Key::new(u32::from(len), net.addr().octets()), 0)
-                .ok()
-                .filter(|_| self.has_prefix_v6(net))
-                .map(|_| net)
+            let want = lpm_v6(class, net);
+            keys.iter()
+                .any(|k| k.prefix_len() == want.prefix_len() && k.data() == want.data())
+                .then_some(net)
         })
     }
 
-    /// Whether `net` itself is a key of the trie (a lookup of it could match a shorter one).
-    fn has_prefix_v4(&self, net: Ipv4Net) -> bool {
-        self.cidr_v4.keys().filter_map(Result::ok).any(|k| {
-            k.prefix_len() == u32::from(net.prefix_len()) && k.data() == net.addr().octets()
-        })
-    }
-
-    fn has_prefix_v6(&self, net: Ipv6Net) -> bool {
-        self.cidr_v6.keys().filter_map(Result::ok).any(|k| {
-            k.prefix_len() == u32::from(net.prefix_len()) && k.data() == net.addr().octets()
-        })
+    /// The class of every cgroup the agent placed.
+    pub fn classes(&self) -> BTreeMap<u64, ClassId> {
+        self.classes.iter().filter_map(Result::ok).collect()
     }
 
     /// One source record.
@@ -160,6 +165,31 @@ impl PinnedMaps {
             })
             .collect()
     }
+}
+
+/// The trie key of a prefix of `class`.
+fn lpm_v4(class: ClassId, net: impl Into<Ipv4Net>) -> Key<[u8; CIDR_V4_KEY]> {
+    let net = net.into();
+    Key::new(
+        CLASS_BITS + u32::from(net.prefix_len()),
+        cidr_v4_key(class, net.addr().octets()),
+    )
+}
+
+fn lpm_v6(class: ClassId, net: impl Into<Ipv6Net>) -> Key<[u8; CIDR_V6_KEY]> {
+    let net = net.into();
+    Key::new(
+        CLASS_BITS + u32::from(net.prefix_len()),
+        cidr_v6_key(class, net.addr().octets()),
+    )
+}
+
+/// Class and prefix of a trie key (`None` for a key shorter than its class).
+fn from_lpm<const N: usize>(k: &Key<[u8; N]>) -> Option<(ClassId, Vec<u8>, u8)> {
+    let len = k.prefix_len().checked_sub(CLASS_BITS)?;
+    let data = k.data();
+    let class = ClassId(u64::from_ne_bytes(data[..8].try_into().ok()?));
+    Some((class, data[8..].to_vec(), u8::try_from(len).ok()?))
 }
 
 fn syscall(op: &'static str, map: &'static str, key: String, e: MapError) -> StoreError {
@@ -208,27 +238,57 @@ impl MapStore for PinnedMaps {
     fn read_entries(&self) -> Result<BTreeMap<EntryKey, AllowEntry>, StoreError> {
         let mut out = BTreeMap::new();
         let read = |map, e| syscall("read", map, String::new(), e);
+        let bad = |map| read(map, MapError::IoError(io::Error::other("malformed key")));
         for item in self.allow_v4.iter() {
             let (k, v) = item.map_err(|e| read(maps::ALLOW_V4, e))?;
-            out.insert(EntryKey::V4(Ipv4Addr::from(k.addr)), v);
+            out.insert(
+                EntryKey::new(k.class, Target::V4(Ipv4Addr::from(k.addr))),
+                v,
+            );
         }
         for item in self.allow_v6.iter() {
             let (k, v) = item.map_err(|e| read(maps::ALLOW_V6, e))?;
-            out.insert(EntryKey::V6(Ipv6Addr::from(k.addr)), v);
+            out.insert(
+                EntryKey::new(k.class, Target::V6(Ipv6Addr::from(k.addr))),
+                v,
+            );
         }
         for item in self.cidr_v4.iter() {
             let (k, v) = item.map_err(|e| read(maps::CIDR_V4, e))?;
-            let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
-                .map_err(|e| read(maps::CIDR_V4, MapError::IoError(io::Error::other(e))))?;
-            out.insert(EntryKey::Net4(net), v);
+            let (class, addr, len) = from_lpm(&k).ok_or_else(|| bad(maps::CIDR_V4))?;
+            let addr: [u8; 4] = addr.try_into().map_err(|_| bad(maps::CIDR_V4))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(addr), len).map_err(|_| bad(maps::CIDR_V4))?;
+            out.insert(EntryKey::new(class, Target::Net4(net)), v);
         }
         for item in self.cidr_v6.iter() {
             let (k, v) = item.map_err(|e| read(maps::CIDR_V6, e))?;
-            let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
-                .map_err(|e| read(maps::CIDR_V6, MapError::IoError(io::Error::other(e))))?;
-            out.insert(EntryKey::Net6(net), v);
+            let (class, addr, len) = from_lpm(&k).ok_or_else(|| bad(maps::CIDR_V6))?;
+            let addr: [u8; 16] = addr.try_into().map_err(|_| bad(maps::CIDR_V6))?;
+            let net = Ipv6Net::new(Ipv6Addr::from(addr), len).map_err(|_| bad(maps::CIDR_V6))?;
+            out.insert(EntryKey::new(class, Target::Net6(net)), v);
         }
         Ok(out)
+    }
+
+    fn read_classes(&self) -> Result<BTreeMap<u64, ClassId>, StoreError> {
+        self.classes
+            .iter()
+            .map(|item| item.map_err(|e| syscall("read", maps::CLASSES, String::new(), e)))
+            .collect()
+    }
+
+    fn put_class(&mut self, cgroup_id: u64, class: ClassId) -> Result<(), StoreError> {
+        self.classes
+            .insert(cgroup_id, class, 0)
+            .map_err(|e| insert_error(maps::CLASSES, cgroup_id.to_string(), CLASS_SLOTS, e))
+    }
+
+    fn remove_class(&mut self, cgroup_id: u64) -> Result<(), StoreError> {
+        removed(
+            maps::CLASSES,
+            cgroup_id.to_string(),
+            self.classes.remove(&cgroup_id),
+        )
     }
 
     fn read_sources(&self) -> Result<BTreeMap<SourceId, SourceRecord>, StoreError> {
@@ -247,34 +307,46 @@ impl MapStore for PinnedMaps {
     fn put_entry(&mut self, key: &EntryKey, value: &AllowEntry) -> Result<(), StoreError> {
         let map = map_of(key);
         let cap = self.max_entries;
-        let r = match *key {
-            EntryKey::V4(a) => self.allow_v4.insert(V4Key { addr: a.octets() }, value, 0),
-            EntryKey::V6(a) => self.allow_v6.insert(V6Key { addr: a.octets() }, value, 0),
-            EntryKey::Net4(n) => self.cidr_v4.insert(
-                &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+        let class = key.class;
+        let r = match key.target {
+            Target::V4(a) => self.allow_v4.insert(
+                V4Key {
+                    class,
+                    addr: a.octets(),
+                    reserved: [0; 4],
+                },
                 value,
                 0,
             ),
-            EntryKey::Net6(n) => self.cidr_v6.insert(
-                &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+            Target::V6(a) => self.allow_v6.insert(
+                V6Key {
+                    class,
+                    addr: a.octets(),
+                },
                 value,
                 0,
             ),
+            Target::Net4(n) => self.cidr_v4.insert(&lpm_v4(class, n), value, 0),
+            Target::Net6(n) => self.cidr_v6.insert(&lpm_v6(class, n), value, 0),
         };
         r.map_err(|e| insert_error(map, key.to_string(), cap, e))
     }
 
     fn remove_entry(&mut self, key: &EntryKey) -> Result<(), StoreError> {
         let map = map_of(key);
-        let r = match *key {
-            EntryKey::V4(a) => self.allow_v4.remove(&V4Key { addr: a.octets() }),
-            EntryKey::V6(a) => self.allow_v6.remove(&V6Key { addr: a.octets() }),
-            EntryKey::Net4(n) => self
-                .cidr_v4
-                .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
-            EntryKey::Net6(n) => self
-                .cidr_v6
-                .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+        let class = key.class;
+        let r = match key.target {
+            Target::V4(a) => self.allow_v4.remove(&V4Key {
+                class,
+                addr: a.octets(),
+                reserved: [0; 4],
+            }),
+            Target::V6(a) => self.allow_v6.remove(&V6Key {
+                class,
+                addr: a.octets(),
+            }),
+            Target::Net4(n) => self.cidr_v4.remove(&lpm_v4(class, n)),
+            Target::Net6(n) => self.cidr_v6.remove(&lpm_v6(class, n)),
         };
         removed(map, key.to_string(), r)
     }

@@ -9,7 +9,7 @@ pub mod object;
 pub mod pins;
 pub mod sys;
 
-pub use fs::Cgroup;
+pub use fs::{Cgroup, cgroup2_root};
 pub use loader::{Attached, Loaded, load};
 pub use maps::PinnedMaps;
 pub use pins::{Generation, Pins};

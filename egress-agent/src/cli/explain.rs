@@ -60,6 +60,7 @@ pub fn open_view(bpffs: &std::path::Path) -> anyhow::Result<(Pins, MapView)> {
         entries: maps.read_entries()?,
         ports: maps.read_ports()?,
         sources: maps.read_sources()?,
+        classes: maps.read_classes()?,
     };
     Ok((pins, view))
 }
@@ -73,6 +74,7 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         json,
     } = args;
     let (pins, view) = open_view(&bpffs.bpffs)?;
+    let mut class = view.class_of(&[]);
     if let Some(dir) = cgroup {
         let cg = Cgroup::resolve(&dir)?;
         let enforced: Vec<u64> = pins.link_dirs().into_iter().map(|(id, _)| id).collect();
@@ -83,13 +85,14 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 pins.root().display()
             );
         }
+        class = view.class_of(&ancestor_ids(&cg.path)?);
     }
     let protocol = if proto == "udp" {
         Protocol::Udp
     } else {
         Protocol::Tcp
     };
-    let e = view.explain(destination.ip(), destination.port(), protocol);
+    let e = view.explain(destination.ip(), destination.port(), protocol, class);
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
@@ -99,8 +102,13 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     } else {
         format!(" (judged as {})", e.judged_as)
     };
+    let class = if e.class == "node" {
+        String::new()
+    } else {
+        format!(" [class {}]", e.class)
+    };
     println!(
-        "{destination}/{}{shown}: {} ({})",
+        "{destination}/{}{shown}: {} ({}){class}",
         e.protocol, e.verdict, e.reason
     );
     match &e.entry {
@@ -134,6 +142,23 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The ids of a cgroup's ancestors by level, the root of the hierarchy (level 0) first and
+/// the cgroup itself last, as the kernel's `bpf_get_current_ancestor_cgroup_id` numbers them.
+fn ancestor_ids(path: &std::path::Path) -> anyhow::Result<Vec<u64>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = egress_agent::bpf::cgroup2_root()?;
+    let below = path
+        .strip_prefix(&root)
+        .with_context(|| format!("{} is not below {}", path.display(), root.display()))?;
+    let mut ids = vec![std::fs::metadata(&root)?.ino()];
+    let mut at = root.clone();
+    for part in below.components() {
+        at.push(part);
+        ids.push(std::fs::metadata(&at)?.ino());
+    }
+    Ok(ids)
+}
+
 /// Whether `path` is one of the cgroups with these ids, or below one.
 fn is_below_any(path: &std::path::Path, ids: &[u64]) -> bool {
     use std::os::unix::fs::MetadataExt as _;
@@ -149,7 +174,7 @@ pub fn who_has(args: WhoHasArgs) -> anyhow::Result<ExitCode> {
     } = args;
     let (_, view) = open_view(&bpffs.bpffs)?;
     let covering: Vec<_> = view
-        .covering(address)
+        .covering_any(address)
         .into_iter()
         .map(|(k, e)| view.view(k, e))
         .collect();
@@ -170,7 +195,9 @@ pub fn who_has(args: WhoHasArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for (i, entry) in covering.iter().enumerate() {
-        let role = if i == 0 {
+        let role = if entry.key.contains("(class") {
+            "for the pods of that class"
+        } else if i == 0 {
             "decides"
         } else {
             "shadowed by the entry above"

@@ -83,8 +83,13 @@ pub fn init_logging(format: LogFormat, verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // kube's client logs every retried request of an API outage as an error; the pod
+    // watcher reports an outage once, and its end. `RUST_LOG=kube_client=debug` shows them.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube")) {
+        filter = filter.add_directive("kube_client=off".parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -18,9 +18,18 @@ pub struct Args {
     #[arg(long)]
     policy: PathBuf,
     /// cgroup v2 directory to enforce (absolute, or relative to the cgroup2 mount). Every
-    /// process below it is enforced.
+    /// process below it is enforced. `auto`: the kubelet's pods' root (kubepods.slice or
+    /// kubepods, found within three levels of the cgroup2 mount), so that every pod is
+    /// enforced from its first syscall and host processes are not.
     #[arg(long)]
     cgroup: PathBuf,
+    /// This node's name: watch its Pods (`spec.nodeName`) through the Kubernetes API, so
+    /// that rules scoped to namespaces and labels apply to the right pods.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Kubeconfig for the API (default: the in-cluster service account).
+    #[arg(long, env = "EGRESS_KUBECONFIG", requires = "node_name")]
+    kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     bpffs: BpffsArg,
     /// Upstream DNS server (IP or IP:PORT), repeatable. Default: the nameservers of
@@ -95,6 +104,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         resolve_wait,
         metrics,
         event_buffer,
+        node_name,
+        kubeconfig,
     } = args;
     anyhow::ensure!(max_entries > 0, "--max-entries must be at least 1");
     let config = AgentConfig {
@@ -115,6 +126,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         state_dir,
         event_buffer,
         metrics,
+        kubernetes: node_name
+            .map(|node| egress_agent::pods::kube::ApiSettings { node, kubeconfig }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

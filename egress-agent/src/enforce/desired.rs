@@ -18,17 +18,17 @@ use std::{
 };
 
 use egress_common::{
-    AllowEntry, Config, DefaultAction, MAX_SOURCES, PortRanges, PortSetId, ResolveStatus, SourceId,
-    SourceKind, SourceRecord,
+    AllowEntry, ClassId, Config, DefaultAction, MAX_CLASS_LEVELS, MAX_SOURCES, PortRanges,
+    PortSetId, ResolveStatus, SourceId, SourceKind, SourceRecord,
 };
 use ipnet::IpNet;
 
 use super::{
-    EntryKey,
+    EntryKey, Target,
     source::{DNS_RESOLVER_LABEL, record, source_id},
 };
 use crate::{
-    policy::{Action, DnsResolver, Mode, Policy},
+    policy::{Action, DnsResolver, Mode, PodMeta, Policy},
     ports::{PortSet, Protocol, TooManyRanges, port_set_id},
     resolve::HostCache,
 };
@@ -41,6 +41,8 @@ pub struct Desired {
     pub ports: BTreeMap<PortSetId, PortRanges>,
     pub sources: BTreeMap<SourceId, SourceRecord>,
     pub config: Config,
+    /// The class of each pod cgroup the agent placed (empty when no rule is scoped).
+    pub classes: BTreeMap<u64, ClassId>,
     /// Destinations whose ports need more ranges than a port set holds, with the labels of
     /// their sources. They get an entry that allows no port at all: failing closed, never
     /// falling back to the default action or to a wider prefix.
@@ -161,49 +163,194 @@ pub fn check_representable(
     ))
 }
 
-/// Computes the maps' intended content at `now`. `upstream` are the agent's own DNS servers,
-/// which `dnsResolvers: [upstream]` lets workloads query.
-pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64) -> Desired {
-    let mut exact: BTreeMap<EntryKey, Contribution> = BTreeMap::new();
-    let mut prefixes: BTreeMap<EntryKey, Contribution> = BTreeMap::new();
-    let mut sources = BTreeMap::new();
+/// The pods the agent knows, by the id of their pod-level cgroup, and where the hooks find
+/// those cgroups: `first_level` is the cgroup level just below the pods' root.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pods {
+    pub first_level: u32,
+    pub by_cgroup: BTreeMap<u64, PodMeta>,
+}
 
-    for rule in &policy.rules {
-        if !rule.nets.is_empty() {
-            let id = source_id(SourceKind::RULE, &rule.label);
-            for net in &rule.nets {
-                let key = EntryKey::from_net(*net);
-                let target = if key.is_prefix() {
-                    &mut prefixes
-                } else {
-                    &mut exact
-                };
-                target
-                    .entry(key)
-                    .or_default()
-                    .add(rule.action, &rule.ports, id, &rule.label, 0);
-            }
-            let rec = record(
-                SourceKind::RULE,
-                &rule.label,
-                ResolveStatus::STATIC,
-                rule.nets.len() as u32,
-                0,
-                0,
-            );
-            sources.insert(id, rec);
+/// Computes the maps' intended content at `now`, for a node whose pods are unknown (every
+/// caller gets the unknown class when some rule is scoped). `upstream` are the agent's own
+/// DNS servers, which `dnsResolvers: [upstream]` lets workloads query.
+pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64) -> Desired {
+    compute_for(policy, hosts, upstream, now, &Pods::default())
+}
+
+/// Computes the maps' intended content at `now` for these pods.
+///
+/// Classes: the node-wide class ([`ClassId::BASE`]) holds the entries of the rules that
+/// apply to every pod. A pod whose labels and namespace some scoped rules select is in the
+/// class of exactly those rules, whose id is a hash of them (pods selected alike share it).
+/// A pod the agent does not know gets the node-wide allows and every deny rule, scoped or
+/// not: never more than any pod could be allowed, so an unknown pod is never let through by
+/// accident. Each class holds only the entries where its rules make a difference, plus the
+/// entries a lookup in it would otherwise skip over (see [`class_entries`]).
+pub fn compute_for(
+    policy: &Policy,
+    hosts: &HostCache,
+    upstream: &[IpAddr],
+    now: u64,
+    pods: &Pods,
+) -> Desired {
+    let resolvers: BTreeSet<IpAddr> = policy
+        .dns_resolvers
+        .iter()
+        .flat_map(|r| match r {
+            DnsResolver::Upstream => upstream.to_vec(),
+            DnsResolver::Addr(a) => vec![*a],
+        })
+        .map(crate::policy::values::unmap_addr)
+        .collect();
+    let scoped = policy.scoped();
+    let node_wide: Vec<usize> = (0..policy.rules.len())
+        .filter(|&i| policy.rules[i].scope.node_wide())
+        .collect();
+
+    // The scoped rules of each class (empty for the node-wide class).
+    let mut classes: BTreeMap<ClassId, Vec<usize>> = BTreeMap::new();
+    let mut placed = BTreeMap::new();
+    let scoped_denies: Vec<usize> = (0..policy.rules.len())
+        .filter(|&i| !policy.rules[i].scope.node_wide() && policy.rules[i].action == Action::Deny)
+        .collect();
+    let unknown_class = class_id(policy, &scoped_denies);
+    if scoped {
+        classes.insert(unknown_class, scoped_denies);
+        for (&cgroup, pod) in &pods.by_cgroup {
+            let selected: Vec<usize> = (0..policy.rules.len())
+                .filter(|&i| {
+                    !policy.rules[i].scope.node_wide() && policy.rules[i].scope.matches(pod)
+                })
+                .collect();
+            let class = class_id(policy, &selected);
+            classes.insert(class, selected);
+            placed.insert(cgroup, class);
         }
     }
 
-    for (host, rules) in policy.hosts() {
+    let base = contributions(policy, &node_wide, hosts, &resolvers, now);
+    let mut desired = Desired {
+        config: Config {
+            mode: match policy.mode {
+                Mode::Enforce => egress_common::Mode::ENFORCE,
+                Mode::Audit => egress_common::Mode::AUDIT,
+            },
+            default_action: match policy.default_action {
+                Action::Allow => DefaultAction::ALLOW,
+                Action::Deny => DefaultAction::DENY,
+            },
+            unknown_class: if scoped { unknown_class } else { ClassId::BASE },
+            class_first_level: if scoped { pods.first_level } else { 0 },
+            class_levels: if scoped { MAX_CLASS_LEVELS } else { 0 },
+        },
+        sources: source_records(policy, hosts, &resolvers, now),
+        classes: placed,
+        ..Desired::default()
+    };
+    let base_entries = entries(policy.default_action, &base, ClassId::BASE, &mut desired);
+    for (&class, selected) in classes.iter().filter(|(c, _)| **c != ClassId::BASE) {
+        let mut rules = node_wide.clone();
+        rules.extend(selected);
+        rules.sort_unstable();
+        let full = contributions(policy, &rules, hosts, &resolvers, now);
+        let mut scratch = Desired::default();
+        let own = entries(policy.default_action, &full, class, &mut scratch);
+        for (target, entry) in class_entries(&own, &base_entries) {
+            desired.entries.insert(EntryKey::new(class, target), entry);
+        }
+        desired.ports.extend(scratch.ports);
+        desired.closed.extend(scratch.closed);
+    }
+    desired.entries.extend(
+        base_entries
+            .into_iter()
+            .map(|(t, e)| (EntryKey::new(ClassId::BASE, t), e)),
+    );
+    desired
+}
+
+/// A class's id: a hash of its scoped rules (their labels and places in the file), never
+/// [`ClassId::BASE`] unless there are none.
+fn class_id(policy: &Policy, scoped: &[usize]) -> ClassId {
+    if scoped.is_empty() {
+        return ClassId::BASE;
+    }
+    let mut text = String::from("class");
+    for &i in scoped {
+        let r = &policy.rules[i];
+        text.push_str(&format!("\0{}@{}:{}", r.label, r.at.0, r.at.1));
+    }
+    match crate::hash::fnv1a(text.bytes()) {
+        0 => ClassId(1),
+        h => ClassId(h),
+    }
+}
+
+/// The entries a class must hold so that the kernel's lookup — the class's exact address,
+/// its longest prefix, then the node-wide exact address and longest prefix — gives what its
+/// full table (`own`) gives: every entry that differs from the node-wide one for the same
+/// target, and every entry under a prefix among those (a lookup would stop at that prefix
+/// instead of falling through). The rest the node-wide entries answer alike.
+fn class_entries(
+    own: &BTreeMap<Target, AllowEntry>,
+    base: &BTreeMap<Target, AllowEntry>,
+) -> BTreeMap<Target, AllowEntry> {
+    let differing: BTreeMap<Target, AllowEntry> = own
+        .iter()
+        .filter(|(t, e)| base.get(t) != Some(e))
+        .map(|(t, e)| (*t, *e))
+        .collect();
+    let prefixes: BTreeSet<IpNet> = differing
+        .keys()
+        .filter(|t| t.is_prefix())
+        .map(Target::as_net)
+        .collect();
+    let lengths: BTreeSet<(bool, u8)> = prefixes
+        .iter()
+        .map(|n| (matches!(n, IpNet::V6(_)), n.prefix_len()))
+        .collect();
+    let mut out = differing.clone();
+    for (target, entry) in own.iter().filter(|(t, _)| !differing.contains_key(t)) {
+        let net = target.as_net();
+        let v6 = matches!(net, IpNet::V6(_));
+        let covered = lengths
+            .iter()
+            .filter(|(f, l)| *f == v6 && *l < net.prefix_len())
+            .any(|&(_, len)| {
+                let cover = IpNet::new(net.addr(), len).expect("shorter").trunc();
+                prefixes.contains(&cover)
+            });
+        if covered {
+            out.insert(*target, *entry);
+        }
+    }
+    out
+}
+
+/// The source records of every rule and hostname, scoped or not.
+fn source_records(
+    policy: &Policy,
+    hosts: &HostCache,
+    resolvers: &BTreeSet<IpAddr>,
+    now: u64,
+) -> BTreeMap<SourceId, SourceRecord> {
+    let mut sources = BTreeMap::new();
+    for rule in policy.rules.iter().filter(|r| !r.nets.is_empty()) {
+        let id = source_id(SourceKind::RULE, &rule.label);
+        let rec = record(
+            SourceKind::RULE,
+            &rule.label,
+            ResolveStatus::STATIC,
+            rule.nets.len() as u32,
+            0,
+            0,
+        );
+        sources.insert(id, rec);
+    }
+    for host in policy.hosts().into_keys() {
         let id = source_id(SourceKind::HOST, host.as_str());
         let live = hosts.live(host, now);
-        for &(addr, until) in &live {
-            let c = exact.entry(EntryKey::from_addr(addr)).or_default();
-            for rule in &rules {
-                c.add(rule.action, &rule.ports, id, host.as_str(), until);
-            }
-        }
         let state = hosts.get(host);
         sources.insert(
             id,
@@ -217,31 +364,8 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
             ),
         );
     }
-
-    let resolvers: BTreeSet<IpAddr> = policy
-        .dns_resolvers
-        .iter()
-        .flat_map(|r| match r {
-            DnsResolver::Upstream => upstream.to_vec(),
-            DnsResolver::Addr(a) => vec![*a],
-        })
-        .map(crate::policy::values::unmap_addr)
-        .collect();
     if !resolvers.is_empty() {
         let id = source_id(SourceKind::DNS_RESOLVER, DNS_RESOLVER_LABEL);
-        let mut dns = PortSet::default();
-        for p in Protocol::BOTH {
-            dns.insert(p, 53, 53);
-        }
-        for addr in &resolvers {
-            exact.entry(EntryKey::from_addr(*addr)).or_default().add(
-                Action::Allow,
-                &dns,
-                id,
-                DNS_RESOLVER_LABEL,
-                0,
-            );
-        }
         let rec = record(
             SourceKind::DNS_RESOLVER,
             DNS_RESOLVER_LABEL,
@@ -251,6 +375,71 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
             0,
         );
         sources.insert(id, rec);
+    }
+    sources
+}
+
+/// What the rules `selected` (indices into the policy's rules) and the DNS resolvers
+/// contribute to each target, inheritance from covering prefixes included.
+fn contributions(
+    policy: &Policy,
+    selected: &[usize],
+    hosts: &HostCache,
+    resolvers: &BTreeSet<IpAddr>,
+    now: u64,
+) -> BTreeMap<Target, Contribution> {
+    let mut exact: BTreeMap<Target, Contribution> = BTreeMap::new();
+    let mut prefixes: BTreeMap<Target, Contribution> = BTreeMap::new();
+    let rules: Vec<&crate::policy::Rule> = selected.iter().map(|&i| &policy.rules[i]).collect();
+
+    for rule in &rules {
+        let id = source_id(SourceKind::RULE, &rule.label);
+        for net in &rule.nets {
+            let key = Target::from_net(*net);
+            let target = if key.is_prefix() {
+                &mut prefixes
+            } else {
+                &mut exact
+            };
+            target
+                .entry(key)
+                .or_default()
+                .add(rule.action, &rule.ports, id, &rule.label, 0);
+        }
+    }
+
+    let mut by_host: BTreeMap<&crate::policy::Hostname, Vec<&crate::policy::Rule>> =
+        BTreeMap::new();
+    for rule in &rules {
+        for host in &rule.hosts {
+            by_host.entry(host).or_default().push(rule);
+        }
+    }
+    for (host, rules) in by_host {
+        let id = source_id(SourceKind::HOST, host.as_str());
+        for (addr, until) in hosts.live(host, now) {
+            let c = exact.entry(Target::from_addr(addr)).or_default();
+            for rule in &rules {
+                c.add(rule.action, &rule.ports, id, host.as_str(), until);
+            }
+        }
+    }
+
+    if !resolvers.is_empty() {
+        let id = source_id(SourceKind::DNS_RESOLVER, DNS_RESOLVER_LABEL);
+        let mut dns = PortSet::default();
+        for p in Protocol::BOTH {
+            dns.insert(p, 53, 53);
+        }
+        for addr in resolvers {
+            exact.entry(Target::from_addr(*addr)).or_default().add(
+                Action::Allow,
+                &dns,
+                id,
+                DNS_RESOLVER_LABEL,
+                0,
+            );
+        }
     }
 
     // Inheritance from covering prefixes, computed on the rules' own contributions only.
@@ -278,23 +467,21 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
             }
         }
     }
+    exact.extend(prefixes);
+    exact
+}
 
-    let mut desired = Desired {
-        config: Config {
-            mode: match policy.mode {
-                Mode::Enforce => egress_common::Mode::ENFORCE,
-                Mode::Audit => egress_common::Mode::AUDIT,
-            },
-            default_action: match policy.default_action {
-                Action::Allow => DefaultAction::ALLOW,
-                Action::Deny => DefaultAction::DENY,
-            },
-        },
-        sources,
-        ..Desired::default()
-    };
-    for (key, c) in exact.into_iter().chain(prefixes) {
-        let ports = c.ports(policy.default_action);
+/// Turns contributions into entries of `class`, adding the port sets they refer to to
+/// `desired` (and the targets whose ports do not fit to its `closed` list).
+fn entries(
+    default_action: Action,
+    contributions: &BTreeMap<Target, Contribution>,
+    class: ClassId,
+    desired: &mut Desired,
+) -> BTreeMap<Target, AllowEntry> {
+    let mut out = BTreeMap::new();
+    for (target, c) in contributions {
+        let ports = c.ports(default_action);
         let mut entry = AllowEntry {
             expires_at: c.expires_at.unwrap_or(0),
             source_count: c.sources.len() as u32,
@@ -315,13 +502,15 @@ pub fn compute(policy: &Policy, hosts: &HostCache, upstream: &[IpAddr], now: u64
                 desired.ports.insert(id, set);
                 entry.ports = id;
             }
-            Err(e) => desired
-                .closed
-                .push((key, e, c.labels.into_iter().collect())),
+            Err(e) => desired.closed.push((
+                EntryKey::new(class, *target),
+                e,
+                c.labels.iter().cloned().collect(),
+            )),
         }
-        desired.entries.insert(key, entry);
+        out.insert(*target, entry);
     }
-    desired
+    out
 }
 
 #[cfg(test)]

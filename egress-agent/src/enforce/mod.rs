@@ -16,19 +16,28 @@ use std::{
 };
 
 pub use desired::{Desired, compute};
+use egress_common::ClassId;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use reconcile::{Capacity, MapStore, Reconciler, StoreError};
 
-/// A key of one of the four allow maps.
+/// What an entry is for: an exact address or a prefix, of either family. Each variant has
+/// its own map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum EntryKey {
+pub enum Target {
     V4(Ipv4Addr),
     V6(Ipv6Addr),
     Net4(Ipv4Net),
     Net6(Ipv6Net),
 }
 
-impl EntryKey {
+/// A key of one of the four allow maps: a target among the entries of one class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryKey {
+    pub class: ClassId,
+    pub target: Target,
+}
+
+impl Target {
     /// An exact address for a /32 or /128, a prefix otherwise.
     pub fn from_net(net: IpNet) -> Self {
         match net {
@@ -64,7 +73,35 @@ impl EntryKey {
     }
 }
 
-impl fmt::Display for EntryKey {
+impl EntryKey {
+    pub fn new(class: ClassId, target: Target) -> Self {
+        Self { class, target }
+    }
+
+    /// A node-wide entry for `net` (see [`Target::from_net`]).
+    pub fn from_net(net: IpNet) -> Self {
+        Self::new(ClassId::BASE, Target::from_net(net))
+    }
+
+    /// A node-wide entry for one address.
+    pub fn from_addr(addr: IpAddr) -> Self {
+        Self::new(ClassId::BASE, Target::from_addr(addr))
+    }
+
+    pub fn as_net(&self) -> IpNet {
+        self.target.as_net()
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.target.is_v6()
+    }
+
+    pub fn is_prefix(&self) -> bool {
+        self.target.is_prefix()
+    }
+}
+
+impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::V4(a) => a.fmt(f),
@@ -72,5 +109,25 @@ impl fmt::Display for EntryKey {
             Self::Net4(n) => n.fmt(f),
             Self::Net6(n) => n.fmt(f),
         }
+    }
+}
+
+/// The target, and the class when it is not the node-wide one.
+impl fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.class == ClassId::BASE {
+            self.target.fmt(f)
+        } else {
+            write!(f, "{} (class {})", self.target, class_name(self.class))
+        }
+    }
+}
+
+/// How a class is shown: its id in hex (`node` for the node-wide class).
+pub fn class_name(class: ClassId) -> String {
+    if class == ClassId::BASE {
+        "node".to_owned()
+    } else {
+        format!("{:016x}", class.0)
     }
 }

@@ -21,9 +21,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_common::{AllowEntry, Config, PortRanges, PortSetId, SourceId, SourceRecord, maps};
+use egress_common::{
+    AllowEntry, CLASS_SLOTS, ClassId, Config, PortRanges, PortSetId, SourceId, SourceRecord, maps,
+};
 
-use super::{Desired, EntryKey};
+use super::{Desired, EntryKey, Target};
 
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,15 +80,18 @@ pub trait MapStore {
     fn put_source(&mut self, id: SourceId, record: &SourceRecord) -> Result<(), StoreError>;
     fn remove_source(&mut self, id: SourceId) -> Result<(), StoreError>;
     fn put_config(&mut self, config: &Config) -> Result<(), StoreError>;
+    fn read_classes(&self) -> Result<BTreeMap<u64, ClassId>, StoreError>;
+    fn put_class(&mut self, cgroup_id: u64, class: ClassId) -> Result<(), StoreError>;
+    fn remove_class(&mut self, cgroup_id: u64) -> Result<(), StoreError>;
 }
 
 /// Name of the map an entry key lives in.
 pub fn map_of(key: &EntryKey) -> &'static str {
-    match key {
-        EntryKey::V4(_) => maps::ALLOW_V4,
-        EntryKey::V6(_) => maps::ALLOW_V6,
-        EntryKey::Net4(_) => maps::CIDR_V4,
-        EntryKey::Net6(_) => maps::CIDR_V6,
+    match key.target {
+        Target::V4(_) => maps::ALLOW_V4,
+        Target::V6(_) => maps::ALLOW_V6,
+        Target::Net4(_) => maps::CIDR_V4,
+        Target::Net6(_) => maps::CIDR_V6,
     }
 }
 
@@ -116,6 +121,7 @@ pub struct Reconciler<S> {
     ports: BTreeMap<PortSetId, PortRanges>,
     sources: BTreeMap<SourceId, SourceRecord>,
     config: Config,
+    classes: BTreeMap<u64, ClassId>,
     /// Port sets no entry refers to, and since when.
     retired: BTreeMap<PortSetId, Instant>,
     retirement: Duration,
@@ -129,6 +135,7 @@ impl<S: MapStore> Reconciler<S> {
             ports: store.read_ports()?,
             sources: store.read_sources()?,
             config: store.read_config()?,
+            classes: store.read_classes()?,
             store,
             retired: BTreeMap::new(),
             retirement: PORT_SET_RETIREMENT,
@@ -153,6 +160,10 @@ impl<S: MapStore> Reconciler<S> {
         &self.sources
     }
 
+    pub fn classes(&self) -> &BTreeMap<u64, ClassId> {
+        &self.classes
+    }
+
     pub fn store(&self) -> &S {
         &self.store
     }
@@ -170,10 +181,13 @@ impl<S: MapStore> Reconciler<S> {
         }
         counts.insert(maps::PORTS, desired.ports.len());
         counts.insert(maps::SOURCES, desired.sources.len());
-        let needs: Vec<_> = counts
+        let mut needs: Vec<_> = counts
             .into_iter()
             .filter(|&(_, n)| n > capacity as usize)
             .collect();
+        if desired.classes.len() > CLASS_SLOTS as usize {
+            needs.push((maps::CLASSES, desired.classes.len()));
+        }
         if needs.is_empty() {
             Ok(())
         } else {
@@ -245,8 +259,28 @@ impl<S: MapStore> Reconciler<S> {
                 self.entries.insert(*key, *entry);
             }
         }
+        // Cgroups move to their classes once those classes' entries are in, and the
+        // configuration (which says whether classes are looked up at all) follows.
+        for (&cgroup, &class) in &desired.classes {
+            if self.classes.get(&cgroup) != Some(&class)
+                && note(self.store.put_class(cgroup, class))
+            {
+                self.classes.insert(cgroup, class);
+            }
+        }
         if self.config != desired.config && note(self.store.put_config(&desired.config)) {
             self.config = desired.config;
+        }
+        let stale: Vec<u64> = self
+            .classes
+            .keys()
+            .filter(|k| !desired.classes.contains_key(k))
+            .copied()
+            .collect();
+        for cgroup in stale {
+            if note(self.store.remove_class(cgroup)) {
+                self.classes.remove(&cgroup);
+            }
         }
 
         let stale: Vec<EntryKey> = self
@@ -415,6 +449,7 @@ pub struct MemoryStore {
     pub ports: BTreeMap<PortSetId, PortRanges>,
     pub sources: BTreeMap<SourceId, SourceRecord>,
     pub config: Config,
+    pub classes: BTreeMap<u64, ClassId>,
     /// Every write, in order: `put <key>`, `remove <key>`, `config`, `put-source`…
     pub log: Vec<String>,
     /// Fail the first write logged as this (`put 192.0.2.2`…), once, to test partial
@@ -462,6 +497,22 @@ impl MapStore for MemoryStore {
     }
     fn read_config(&self) -> Result<Config, StoreError> {
         Ok(self.config)
+    }
+    fn read_classes(&self) -> Result<BTreeMap<u64, ClassId>, StoreError> {
+        Ok(self.classes.clone())
+    }
+    fn put_class(&mut self, cgroup_id: u64, class: ClassId) -> Result<(), StoreError> {
+        self.write(format!(
+            "put-class {cgroup_id} {}",
+            super::class_name(class)
+        ))?;
+        self.classes.insert(cgroup_id, class);
+        Ok(())
+    }
+    fn remove_class(&mut self, cgroup_id: u64) -> Result<(), StoreError> {
+        self.write(format!("remove-class {cgroup_id}"))?;
+        self.classes.remove(&cgroup_id);
+        Ok(())
     }
     fn put_entry(&mut self, key: &EntryKey, value: &AllowEntry) -> Result<(), StoreError> {
         let map = map_of(key);

@@ -77,7 +77,7 @@ pub fn kubelet_ids(path: &str) -> (Option<String>, Option<String>) {
         let systemd_pod = part
             .strip_suffix(".slice")
             .and_then(|s| s.rsplit_once("-pod"))
-            .filter(|(prefix, _)| prefix.starts_with("kubepods"))
+            .filter(|(prefix, _)| prefix.contains("kubepods"))
             .map(|(_, uid)| uid.replace('_', "-"));
         let cgroupfs_pod = part
             .strip_prefix("pod")

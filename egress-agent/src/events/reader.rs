@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use egress_common::{Event, FlowKey, SourceKind};
+use egress_common::{ClassId, Event, FlowKey, SourceKind};
 use tokio::io::unix::AsyncFd;
 
 use super::{
@@ -138,9 +138,16 @@ impl Describer {
     }
 }
 
-/// The hostnames the kernel maps name for an address (through its entry's sources).
+/// The hostnames the kernel maps name for an address (through its entry's sources): the
+/// node-wide entry's, else those of the first class that has one.
 pub fn hostnames(maps: &PinnedMaps, addr: IpAddr) -> Vec<String> {
-    let Some((_, entry)) = maps.lookup(addr) else {
+    let mut classes: Vec<ClassId> = maps.classes().into_values().collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let found = std::iter::once(ClassId::BASE)
+        .chain(classes)
+        .find_map(|class| maps.lookup(class, addr));
+    let Some((_, entry)) = found else {
         return Vec::new();
     };
     let held = (entry.source_count as usize).min(entry.sources.len());

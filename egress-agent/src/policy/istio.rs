@@ -247,11 +247,10 @@ pub fn apply_service_entry(
             host_names.push(name);
         }
     }
-    if !export_to.is_empty() && export_to.iter().any(|e| e != "*") {
-        builder.notes.push(format!(
-            "{label}: exportTo {export_to:?} is not applied; this agent enforces one policy \
-             for every workload it governs"
-        ));
+    let scope = super::scope::export_scope(metadata.namespace.as_deref(), &export_to)
+        .map_err(|m| err(1, 1, "spec.exportTo".into(), m))?;
+    if let Some(ns) = &metadata.namespace {
+        super::scope::check_namespace(ns).map_err(|m| err(1, 1, "metadata.namespace".into(), m))?;
     }
     builder.rules.push(Rule {
         label: label.clone(),
@@ -260,6 +259,7 @@ pub fn apply_service_entry(
         hosts: host_names,
         nets,
         ports: service_ports,
+        scope: scope.clone(),
     });
 
     for (i, endpoint) in endpoints.iter().enumerate() {
@@ -324,6 +324,7 @@ pub fn apply_service_entry(
             hosts,
             nets,
             ports,
+            scope: scope.clone(),
         });
     }
     Ok(())

@@ -9,6 +9,7 @@ mod error;
 mod hostname;
 mod istio;
 mod native;
+pub mod scope;
 pub mod values;
 mod yaml;
 
@@ -17,6 +18,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
 pub use error::PolicyError;
 pub use hostname::Hostname;
 use ipnet::IpNet;
+pub use scope::{PodMeta, Scope};
 pub use yaml::MAX_POLICY_BYTES;
 
 use crate::ports::PortSet;
@@ -55,6 +57,8 @@ pub struct Rule {
     /// Literal addresses (as /32 or /128) and prefixes. IPv4-mapped IPv6 is stored as IPv4.
     pub nets: Vec<IpNet>,
     pub ports: PortSet,
+    /// The pods it applies to (every pod of the node by default).
+    pub scope: Scope,
 }
 
 /// A validated policy, ready to be turned into kernel map entries.
@@ -82,6 +86,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Whether some rule applies to only some pods: then the kernel looks up each caller's
+    /// class.
+    pub fn scoped(&self) -> bool {
+        self.rules.iter().any(|r| !r.scope.node_wide())
+    }
+
     /// Every hostname with the rules that name it, in name order.
     pub fn hosts(&self) -> BTreeMap<&Hostname, Vec<&Rule>> {
         let mut hosts: BTreeMap<&Hostname, Vec<&Rule>> = BTreeMap::new();

@@ -13,7 +13,12 @@
 //!     cidrs: [203.0.113.0/24, 2001:db8::/48, 198.51.100.7]
 //!     ports: [443, "8000-8010"]   # omitted: every port
 //!     protocol: TCP        # TCP (default) | UDP | ANY
+//!     namespaces: [team-a] # optional: only pods of these namespaces
+//!     podSelector:         # optional: only pods these labels select (Kubernetes syntax)
+//!       matchLabels: {app: web}
 //! ```
+//!
+//! A rule without `namespaces` and `podSelector` applies to every pod of the node.
 
 use std::net::IpAddr;
 
@@ -22,6 +27,7 @@ use serde_saphyr::Spanned;
 
 use super::{
     Action, Builder, DnsResolver, Hostname, Mode, PolicyError, Rule,
+    scope::{Scope, SelectorSpec, check_namespace},
     values::{Net, PortSpec},
 };
 use crate::ports::{PortSet, Protocol};
@@ -122,7 +128,7 @@ impl<'de> Deserialize<'de> for ResolverSpec {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct NativeRule {
     #[serde(default, deserialize_with = "present")]
     name: Option<String>,
@@ -136,6 +142,10 @@ struct NativeRule {
     ports: Option<Vec<PortSpec>>,
     #[serde(default, deserialize_with = "present")]
     protocol: Option<NativeProtocol>,
+    #[serde(default, deserialize_with = "present")]
+    namespaces: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pod_selector: Option<SelectorSpec>,
 }
 
 pub fn apply(
@@ -183,7 +193,34 @@ pub fn apply(
             cidrs,
             ports,
             protocol,
+            namespaces,
+            pod_selector,
         } = rule.value;
+        let namespaces = match namespaces {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(PolicyError::invalid(
+                    file,
+                    at,
+                    format!("rules[{i}].namespaces"),
+                    "`namespaces: []` selects no pod; omit `namespaces` to mean every namespace",
+                ));
+            }
+            Some(list) => {
+                for (j, ns) in list.iter().enumerate() {
+                    check_namespace(ns).map_err(|m| {
+                        PolicyError::invalid(file, at, format!("rules[{i}].namespaces[{j}]"), m)
+                    })?;
+                }
+                Some(list.into_iter().collect())
+            }
+        };
+        let pods = match pod_selector {
+            None => None,
+            Some(spec) => spec.into_selector().map_err(|(field, m)| {
+                PolicyError::invalid(file, at, format!("rules[{i}].podSelector.{field}"), m)
+            })?,
+        };
         let (hosts, cidrs) = (hosts.unwrap_or_default(), cidrs.unwrap_or_default());
         if hosts.is_empty() && cidrs.is_empty() {
             return Err(PolicyError::invalid(
@@ -224,6 +261,7 @@ pub fn apply(
             hosts,
             nets: cidrs.into_iter().map(|n| n.0).collect(),
             ports: set,
+            scope: Scope { namespaces, pods },
         });
     }
     Ok(())

@@ -82,7 +82,13 @@ status: {}
     assert_eq!(base.ports.to_string(), "27018/TCP, 53/UDP");
     assert_eq!(p.rules[1].ports.to_string(), "27017/TCP, 53/UDP");
     assert_eq!(p.rules[2].ports.to_string(), "30000/TCP, 53/UDP");
-    assert!(p.notes.iter().any(|n| n.contains("exportTo")));
+    for r in &p.rules {
+        assert_eq!(
+            r.scope.to_string(),
+            "namespace prod",
+            "exportTo '.' scopes every rule"
+        );
+    }
 }
 
 #[test]

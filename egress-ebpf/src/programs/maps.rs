@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    AllowEntry, Config, Counter, DEFAULT_EVENT_BUFFER, DEFAULT_MAX_ENTRIES, FLOW_SLOTS, FlowKey,
-    FlowStat, PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key,
+    AllowEntry, CIDR_V4_KEY, CIDR_V6_KEY, CLASS_SLOTS, ClassId, Config, Counter,
+    DEFAULT_EVENT_BUFFER, DEFAULT_MAX_ENTRIES, FLOW_SLOTS, FlowKey, FlowStat, PortRanges,
+    PortSetId, SourceId, SourceRecord, V4Key, V6Key,
 };
 
 // Hash maps are created without preallocation so that an update replaces an element through
@@ -22,11 +23,11 @@ pub static EGRESS_ALLOW_V6: HashMap<V6Key, AllowEntry> =
     HashMap::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "EGRESS_CIDR_V4")]
-pub static EGRESS_CIDR_V4: LpmTrie<[u8; 4], AllowEntry> =
+pub static EGRESS_CIDR_V4: LpmTrie<[u8; CIDR_V4_KEY], AllowEntry> =
     LpmTrie::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "EGRESS_CIDR_V6")]
-pub static EGRESS_CIDR_V6: LpmTrie<[u8; 16], AllowEntry> =
+pub static EGRESS_CIDR_V6: LpmTrie<[u8; CIDR_V6_KEY], AllowEntry> =
     LpmTrie::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "EGRESS_PORTS")]
@@ -43,6 +44,10 @@ pub static EGRESS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Cou
 #[map(name = "EGRESS_SOURCES")]
 pub static EGRESS_SOURCES: HashMap<SourceId, SourceRecord> =
     HashMap::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "EGRESS_CLASSES")]
+pub static EGRESS_CLASSES: HashMap<u64, ClassId> =
+    HashMap::with_max_entries(CLASS_SLOTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "EGRESS_EVENTS")]
 pub static EGRESS_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER, 0);

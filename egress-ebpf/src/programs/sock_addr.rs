@@ -14,7 +14,10 @@
 
 use core::ptr::addr_of;
 
-use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    bindings::bpf_sock_addr, helpers::generated::bpf_get_current_ancestor_cgroup_id,
+    macros::cgroup_sock_addr, programs::SockAddrContext,
+};
 use egress_common::{Counter, Hook, Mode, Proto, Verdict};
 
 use super::{
@@ -99,7 +102,11 @@ fn finish(hook: Hook, d: &Dest) -> i32 {
     let (reason, outcome, answer) = match EGRESS_CONFIG.get(0) {
         None => (Counter::DENY_INTERNAL, Verdict::DENY, DENY),
         Some(cfg) => {
-            let verdict = verdict::judge(d, cfg);
+            let class = verdict::class_of(cfg, |level| {
+                // SAFETY: a helper without preconditions.
+                unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+            });
+            let verdict = verdict::judge(d, cfg, class);
             if verdict.is_allow() {
                 report::count(verdict);
                 return ALLOW;

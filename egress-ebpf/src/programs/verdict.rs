@@ -1,11 +1,43 @@
 //! One judgement for every hook: a destination is looked up in the exact-address map, then
-//! in the prefix trie; the first entry found decides through its port set; without one, the
+//! in the prefix trie, first among the entries of the caller's class, then among the
+//! node-wide ones; the first entry found decides through its port set; without one, the
 //! default action does.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use egress_common::{AllowEntry, Config, Counter, DefaultAction, PortSetId, Proto, V4Key, V6Key};
+use egress_common::{
+    AllowEntry, CLASS_BITS, ClassId, Config, Counter, DefaultAction, MAX_CLASS_LEVELS, PortSetId,
+    Proto, V4Key, V6Key, cidr_v4_key, cidr_v6_key,
+};
 
-use super::maps::{EGRESS_ALLOW_V4, EGRESS_ALLOW_V6, EGRESS_CIDR_V4, EGRESS_CIDR_V6, EGRESS_PORTS};
+use super::maps::{
+    EGRESS_ALLOW_V4, EGRESS_ALLOW_V6, EGRESS_CIDR_V4, EGRESS_CIDR_V6, EGRESS_CLASSES, EGRESS_PORTS,
+};
+
+/// The class of the caller: the first of its cgroup's ancestors (from
+/// `cfg.class_first_level` down) that the agent placed in a class; the unknown class when
+/// none is; the node-wide class when no rule is scoped. `ancestor(level)` is the id of the
+/// ancestor at `level`, 0 when the cgroup is not that deep.
+#[inline(always)]
+pub fn class_of(cfg: &Config, ancestor: impl Fn(i32) -> u64) -> ClassId {
+    let levels = cfg.class_levels.min(MAX_CLASS_LEVELS);
+    let mut i = 0;
+    while i < levels {
+        let id = ancestor((cfg.class_first_level + i) as i32);
+        if id == 0 {
+            break;
+        }
+        if let Some(class) = EGRESS_CLASSES.get_ptr(id) {
+            // SAFETY: the pointer comes from a successful lookup and is valid for this run.
+            return unsafe { *class };
+        }
+        i += 1;
+    }
+    if levels == 0 {
+        ClassId::BASE
+    } else {
+        cfg.unknown_class
+    }
+}
 
 /// A destination as judged: an IPv4 host reached through an AF_INET6 socket is IPv4 here.
 #[derive(Clone, Copy)]
@@ -85,33 +117,52 @@ impl Dest {
     }
 }
 
-/// The verdict for `d`: an allow counter, or the reason for a denial. One lookup path per
-/// family, and one port-set judgement at the end, keep the verifier's work small.
+/// The verdict for `d` from a caller in `class`: an allow counter, or the reason for a
+/// denial. A class holds entries only where its rules differ from the node-wide ones (the
+/// agent keeps every entry a lookup could otherwise wrongly skip), so a miss falls back to
+/// the node-wide class. One port-set judgement at the end keeps the verifier's work small.
 #[inline(always)]
-pub fn judge(d: &Dest, cfg: &Config) -> Counter {
+pub fn judge(d: &Dest, cfg: &Config, class: ClassId) -> Counter {
     if d.is_loopback() {
         return Counter::ALLOW_LOOPBACK;
     }
-    let entry: Option<*const AllowEntry> = if d.family == 4 {
-        let addr = d.words[0].to_ne_bytes();
-        EGRESS_ALLOW_V4.get_ptr(V4Key { addr }).or_else(|| {
-            EGRESS_CIDR_V4
-                .get(Key::new(32, addr))
-                .map(|e| e as *const _)
-        })
-    } else {
-        let addr = d.bytes();
-        EGRESS_ALLOW_V6.get_ptr(V6Key { addr }).or_else(|| {
-            EGRESS_CIDR_V6
-                .get(Key::new(128, addr))
-                .map(|e| e as *const _)
-        })
-    };
+    let entry = lookup(d, class).or_else(|| {
+        if class == ClassId::BASE {
+            None
+        } else {
+            lookup(d, ClassId::BASE)
+        }
+    });
     match entry {
         // SAFETY: the pointer comes from a successful lookup and is valid for this run.
         Some(entry) => entry_verdict(unsafe { &*entry }, d),
         None if cfg.default_action == DefaultAction::ALLOW => Counter::ALLOW_DEFAULT,
         None => Counter::DENY_NO_ENTRY,
+    }
+}
+
+/// The entry for `d` among `class`'s: its exact address, else its longest prefix.
+#[inline(always)]
+fn lookup(d: &Dest, class: ClassId) -> Option<*const AllowEntry> {
+    if d.family == 4 {
+        let addr = d.words[0].to_ne_bytes();
+        let exact = V4Key {
+            class,
+            addr,
+            reserved: [0; 4],
+        };
+        EGRESS_ALLOW_V4.get_ptr(exact).or_else(|| {
+            EGRESS_CIDR_V4
+                .get(Key::new(CLASS_BITS + 32, cidr_v4_key(class, addr)))
+                .map(|e| e as *const _)
+        })
+    } else {
+        let addr = d.bytes();
+        EGRESS_ALLOW_V6.get_ptr(V6Key { class, addr }).or_else(|| {
+            EGRESS_CIDR_V6
+                .get(Key::new(CLASS_BITS + 128, cidr_v6_key(class, addr)))
+                .map(|e| e as *const _)
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use core::ptr::addr_of;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
-    helpers::generated::bpf_sk_fullsock,
+    helpers::generated::{bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -227,7 +227,11 @@ fn finish(skb: *const __sk_buff, d: &Dest) -> i32 {
         }
         Counter::WIRE_LOOPBACK
     } else {
-        verdict::judge(d, cfg)
+        let class = verdict::class_of(cfg, |level| {
+            // SAFETY: the skb is the program's context.
+            unsafe { bpf_skb_ancestor_cgroup_id(skb.cast_mut(), level) }
+        });
+        verdict::judge(d, cfg, class)
     };
     if verdict.is_allow() {
         return PASS;

@@ -97,7 +97,8 @@ fn istio_reference_allows_the_resolved_address_on_443_tcp_and_the_resolver_on_53
         d.config,
         Config {
             mode: egress_common::Mode::ENFORCE,
-            default_action: DefaultAction::DENY
+            default_action: DefaultAction::DENY,
+            ..Config::default()
         }
     );
 }
@@ -386,4 +387,144 @@ fn a_full_sources_map_makes_room_by_removing_stale_sources_first() {
             .collect::<Vec<_>>(),
         vec!["192.0.2.3", "192.0.2.4"]
     );
+}
+
+/// Scoped rules: for each pod (and for a pod the agent does not know), the kernel's lookup
+/// over its class's entries and then the node-wide ones gives exactly the verdicts of a
+/// policy made of the rules that apply to it alone.
+#[test]
+fn classes_give_each_pod_the_verdicts_of_its_own_rules() {
+    use crate::{explain::MapView, policy::PodMeta};
+    let full = native(
+        "\
+- {name: web-out, hosts: [api.example.com], ports: [443]}
+- {name: corp, cidrs: [10.0.0.0/8], ports: [22]}
+- {name: one, cidrs: [10.1.2.3], ports: [8080], protocol: ANY}
+- {name: team-a-net, cidrs: [10.1.0.0/16], ports: [80], namespaces: [team-a]}
+- {name: team-a-deny, action: deny, cidrs: [10.1.2.0/24], ports: [80, 22], namespaces: [team-a]}
+- {name: web-extra, cidrs: [203.0.113.5, 10.1.2.3], ports: [443], podSelector: {matchLabels: {app: web}}}
+- {name: b-deny, action: deny, cidrs: [10.0.0.0/9], namespaces: [team-b]}
+- {name: b-host, hosts: [db.example.com], ports: [5432], namespaces: [team-b]}
+- {name: five, cidrs: [10.5.1.1], ports: [443]}
+- {name: a-five, action: deny, cidrs: [10.5.0.0/16], ports: [80], namespaces: [team-a]}
+",
+    );
+    let cache = cache_with(
+        &full,
+        &[
+            (
+                "api.example.com",
+                &[("203.0.113.5", 300), ("10.1.2.3", 300)],
+            ),
+            ("db.example.com", &[("10.1.9.9", 300), ("10.200.0.1", 300)]),
+        ],
+    );
+    let pod = |ns: &str, app: &str| PodMeta {
+        namespace: ns.into(),
+        name: format!("{ns}-{app}"),
+        labels: [("app".to_owned(), app.to_owned())].into(),
+    };
+    let pods = Pods {
+        first_level: 2,
+        by_cgroup: [
+            (101, pod("team-a", "web")),
+            (102, pod("team-a", "db")),
+            (103, pod("team-b", "web")),
+            (104, pod("team-c", "batch")),
+        ]
+        .into(),
+    };
+    let d = compute_for(&full, &cache, &[], NOW, &pods);
+    assert_eq!(d.config.class_levels, egress_common::MAX_CLASS_LEVELS);
+    assert_eq!(d.config.class_first_level, 2);
+    assert_ne!(
+        d.config.unknown_class,
+        ClassId::BASE,
+        "scoped denies apply to unknown pods"
+    );
+    assert_eq!(d.classes.len(), 4);
+    assert_eq!(
+        d.classes[&104],
+        ClassId::BASE,
+        "no scoped rule selects team-c"
+    );
+    let view = |d: &Desired| MapView {
+        config: d.config,
+        entries: d.entries.clone(),
+        ports: d.ports.clone(),
+        sources: d.sources.clone(),
+        classes: d.classes.clone(),
+    };
+    let classed = view(&d);
+
+    // The reference: a policy of the rules that apply, made node-wide.
+    let reference = |keep: &dyn Fn(&crate::policy::Rule) -> bool| {
+        let mut p = full.clone();
+        p.rules.retain(|r| keep(r));
+        for r in &mut p.rules {
+            r.scope = Default::default();
+        }
+        view(&compute(&p, &cache, &[], NOW))
+    };
+    let addrs = [
+        "203.0.113.5",
+        "10.1.2.3",
+        "10.1.2.4",
+        "10.1.3.3",
+        "10.1.9.9",
+        "10.200.0.1",
+        "10.130.0.1",
+        "10.2.0.1",
+        "192.0.2.1",
+        "10.5.1.1",
+        "10.5.2.2",
+    ];
+    let check = |who: &str, ancestors: &[u64], expected: &MapView| {
+        let class = classed.class_of(ancestors);
+        for addr in addrs {
+            for port in [22, 80, 443, 5432, 8080, 9] {
+                for proto in [Protocol::Tcp, Protocol::Udp] {
+                    let a: IpAddr = addr.parse().unwrap();
+                    let got = classed.explain(a, port, proto, class);
+                    let want = expected.explain(a, port, proto, ClassId::BASE);
+                    assert_eq!(
+                        (got.verdict.as_str(), got.reason.as_str()),
+                        (want.verdict.as_str(), want.reason.as_str()),
+                        "{who}: {addr}:{port}/{proto}"
+                    );
+                }
+            }
+        }
+    };
+    for (cgroup, meta) in &pods.by_cgroup {
+        let expected = reference(&|r| r.scope.matches(meta));
+        // The pod cgroup at level 2, a container below it at level 3.
+        check(&meta.name, &[1, 50, *cgroup, 9000], &expected);
+    }
+    let unknown = reference(&|r| r.scope.node_wide() || r.action == Action::Deny);
+    check("unknown pod", &[1, 50, 999, 9001], &unknown);
+
+    // The node-wide class is what it would be without scoped rules.
+    let node_wide = reference(&|r| r.scope.node_wide());
+    let base_only: BTreeMap<_, _> = d
+        .entries
+        .iter()
+        .filter(|(k, _)| k.class == ClassId::BASE)
+        .map(|(k, e)| (*k, *e))
+        .collect();
+    assert_eq!(base_only, node_wide.entries);
+}
+
+/// Without scoped rules there are no classes: no lookups, no placements.
+#[test]
+fn node_wide_policies_need_no_classes() {
+    let p = native("- {cidrs: [192.0.2.0/24], ports: [443]}\n");
+    let pods = Pods {
+        first_level: 1,
+        by_cgroup: [(7, crate::policy::PodMeta::default())].into(),
+    };
+    let d = compute_for(&p, &HostCache::default(), &[], NOW, &pods);
+    assert_eq!(d.config.class_levels, 0);
+    assert!(d.classes.is_empty());
+    assert!(d.entries.keys().all(|k| k.class == ClassId::BASE));
 }
