@@ -197,7 +197,9 @@ impl MapView {
         let (judged, nat64) = judged(addr);
         let audit = self.config.mode == Mode::AUDIT;
         let default_allows = self.config.default_action == DefaultAction::ALLOW;
-        let (allowed, reason, entry) = if is_loopback(judged) && !nat64 {
+        let (allowed, reason, entry) = if class == ClassId::EXEMPT {
+            (true, "exempt", None)
+        } else if is_loopback(judged) && !nat64 {
             (true, "loopback", None)
         } else if let Some((key, entry)) = self.covering(judged, class).into_iter().next() {
             let ports = self.ports_of(entry);

@@ -11,4 +11,5 @@ pub mod learn;
 pub mod pods;
 pub mod policy;
 pub mod ports;
+pub mod preflight;
 pub mod resolve;

@@ -90,6 +90,8 @@ pub struct ClassId(pub u64);
 impl ClassId {
     /// The node-wide rules: the only class when no rule is scoped.
     pub const BASE: Self = Self(0);
+    /// Not enforced: the agent's own pod (a DaemonSet's pod is below the pods' root too).
+    pub const EXEMPT: Self = Self(u64::MAX);
 }
 
 /// An IP protocol number as the kernel reports it in `bpf_sock_addr.protocol`.
@@ -361,11 +363,13 @@ impl Counter {
     /// An event could not be written: the ring buffer was full (the flow's count is still
     /// exact in [`maps::FLOWS`]).
     pub const EVENTS_LOST: Self = Self(10);
-    pub const COUNT: u32 = 11;
+    /// Allowed because the caller is the agent's own pod, which is not enforced.
+    pub const ALLOW_EXEMPT: Self = Self(11);
+    pub const COUNT: u32 = 12;
 
     /// Whether the counter records an allowed connection.
     pub const fn is_allow(self) -> bool {
-        self.0 <= Self::ALLOW_DEFAULT.0
+        self.0 <= Self::ALLOW_DEFAULT.0 || self.0 == Self::ALLOW_EXEMPT.0
     }
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
         "allow_entry",
@@ -379,6 +383,7 @@ impl Counter {
         "wire_drop",
         "wire_loopback",
         "events_lost",
+        "allow_exempt",
     ];
 }
 

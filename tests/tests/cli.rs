@@ -68,3 +68,61 @@ fn check_json_is_machine_readable() {
         "8000-8010/TCP, 8000-8010/UDP"
     );
 }
+
+/// Runs the agent binary with capabilities dropped from its bounding set (as a container
+/// runtime does): a root process keeps only what the bounding set allows across exec.
+fn without_caps(caps: &'static [u32], args: &[&str]) -> (i32, String) {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(egress_tests::agent::binary());
+    cmd.args(args);
+    // SAFETY: prctl only, on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &cap in caps {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The preflight check says what is missing, and `run` refuses to start without it.
+#[test]
+fn preflight_names_missing_capabilities() {
+    egress_tests::require_root();
+    let (code, text) = without_caps(&[], &["preflight"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("ok    capabilities"), "{text}");
+    // CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_BPF 39.
+    let (code, text) = without_caps(&[12, 21, 39], &["preflight"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FAIL  capabilities  missing CAP_BPF (or CAP_SYS_ADMIN)")
+            && text.contains("CAP_NET_ADMIN"),
+        "{text}"
+    );
+    let (code, text) = without_caps(
+        &[12, 21, 39],
+        &[
+            "run",
+            "--policy",
+            "/nonexistent",
+            "--cgroup",
+            "/",
+            "--state-dir",
+            "/tmp/egress-preflight-test",
+        ],
+    );
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("this node cannot enforce egress") && text.contains("CAP_NET_ADMIN"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all("/tmp/egress-preflight-test");
+}

@@ -175,8 +175,18 @@ fn kubelet_node(driver: Driver) {
         labels: vec![],
         node: "node-2".into(),
     });
+    // The agent's own pod (a DaemonSet's): not enforced, whatever the policy says.
+    let own = sim_pod(
+        &root,
+        driver,
+        Qos::Burstable,
+        7,
+        "egress-system",
+        "egress-agent",
+    );
+    api.apply(&own.api);
     world.write_policy(POLICY);
-    let mut agent = start(&world, &api, &[]);
+    let mut agent = start(&world, &api, &["--exempt-pod-uid", &own.api.uid]);
     agent.wait_ready(WAIT);
     wait_placed(&mut agent, 3);
     let status = egress_agent::agent::status::read(&world.state_dir()).unwrap();
@@ -202,6 +212,11 @@ fn kubelet_node(driver: Driver) {
         reach(&world, &pods[2].container),
         C_TEAM_C_BATCH,
         "pod C ({driver:?})"
+    );
+    assert_eq!(
+        reach(&world, &own.container),
+        [true; 5],
+        "the agent's own pod"
     );
     // The pod-level cgroup itself is enforced like its containers.
     let pod_level = pods[0].container.parent().unwrap();

@@ -24,6 +24,12 @@ use crate::events::EventHub;
 
 /// The socket's name in the state directory.
 pub const SOCKET: &str = "agent.sock";
+/// Clients served at once; more are closed on arrival.
+const MAX_CLIENTS: usize = 64;
+/// The longest request line read (a request is a few dozen bytes).
+const MAX_REQUEST: u64 = 4096;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,12 +53,20 @@ pub fn serve(state_dir: &Path, hub: EventHub) -> std::io::Result<()> {
     }
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, hub.clone()));
-                }
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let hub = hub.clone();
+                        tokio::spawn(async move {
+                            handle(stream, hub).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => tracing::debug!("local API: too many clients"),
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "local API: accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -64,10 +78,20 @@ pub fn serve(state_dir: &Path, hub: EventHub) -> std::io::Result<()> {
 }
 
 async fn handle(stream: UnixStream, hub: EventHub) {
+    use tokio::io::AsyncReadExt as _;
     let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
     let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await.is_err() {
-        return;
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) if line.ends_with('\n') => {}
+        Ok(Ok(_)) if line.len() as u64 >= MAX_REQUEST => {
+            let error = serde_json::json!({ "error": "request too long" });
+            let _ = write.write_all(format!("{error}\n").as_bytes()).await;
+            return;
+        }
+        // A request without its newline, cut short by the client: read as is.
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => return,
     }
     let request: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
@@ -89,8 +113,18 @@ async fn handle(stream: UnixStream, hub: EventHub) {
             if !follow {
                 return;
             }
+            // The client's side of the connection says when it is gone: a closed client is
+            // let go at once, not at the next change.
+            let mut rest = [0u8; 64];
             loop {
-                match updates.recv().await {
+                let update = tokio::select! {
+                    update = updates.recv() => update,
+                    read = reader.read(&mut rest) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => continue,
+                    },
+                };
+                match update {
                     Ok(record) => {
                         if send(&mut write, &record).await.is_err() {
                             return;

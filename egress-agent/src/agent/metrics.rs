@@ -147,6 +147,7 @@ impl Collector for KernelCollector {
             ("allow", "entry", KernelCounter::ALLOW_ENTRY),
             ("allow", "loopback", KernelCounter::ALLOW_LOOPBACK),
             ("allow", "default", KernelCounter::ALLOW_DEFAULT),
+            ("allow", "exempt", KernelCounter::ALLOW_EXEMPT),
             ("deny", "no_entry", KernelCounter::DENY_NO_ENTRY),
             ("deny", "wrong_port", KernelCounter::DENY_PORT),
             ("deny", "wrong_protocol", KernelCounter::DENY_PROTOCOL),
@@ -335,6 +336,11 @@ pub async fn serve(
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let listener = super::limits::LimitedListener::new(
+        listener,
+        super::limits::MAX_HTTP_CONNECTIONS,
+        super::limits::HTTP_CONNECTION_LIFETIME,
+    );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");

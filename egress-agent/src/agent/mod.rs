@@ -14,6 +14,7 @@
 
 pub mod api;
 mod controller;
+mod limits;
 pub mod metrics;
 mod startup;
 pub mod status;

@@ -57,6 +57,13 @@ pub struct Started {
 }
 
 pub async fn start(config: AgentConfig, observers: Observers) -> Result<Started, AgentError> {
+    let missing = crate::preflight::failures(&crate::preflight::checks(&config.bpffs));
+    if !missing.is_empty() {
+        return Err(AgentError::Unenforceable(format!(
+            "this node cannot enforce egress (see `egress-agent preflight`):\n  {}",
+            missing.join("\n  ")
+        )));
+    }
     let release = kernel::running_release()?;
     if let Some(warning) = kernel::check(&release)? {
         tracing::warn!("{warning}");
@@ -207,6 +214,7 @@ async fn track_pods(
         level,
         index_rx,
         config.state_dir.clone(),
+        api.exempt_pod.clone(),
     )))
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -100,6 +100,7 @@ pub fn write(state_dir: &Path, status: &Status) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     file.write_all(serde_json::to_string_pretty(status)?.as_bytes())?;
     file.sync_all()?;
@@ -111,8 +112,7 @@ pub fn read(state_dir: &Path) -> std::io::Result<Status> {
     serde_json::from_str(&text).map_err(std::io::Error::other)
 }
 
-/// Creates the state directory, accessible by its owner only.
+/// Creates the state directory, the agent's own and accessible by it only.
 pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    crate::bpf::fs::make_private_dir(dir)
 }

@@ -162,7 +162,33 @@ pub fn ensure_bpffs_dir(dir: &Path) -> Result<(), FsError> {
             });
         }
     }
-    std::fs::create_dir_all(dir).map_err(io_err("create", dir))
+    make_private_dir(dir).map_err(io_err("secure", dir))
+}
+
+/// Creates `dir` (and its parents) if need be, and makes it this process's own: a real
+/// directory (not a symlink), owned by the agent's user, mode 0700. A directory another user
+/// owns is refused — they could plant symlinks in it, take the agent's lock, or read what it
+/// keeps there (world-writable parents like /tmp and bpffs's 1777 root allow pre-creating
+/// it).
+pub fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() {
+        return Err(io::Error::other(
+            "not a directory (a symlink is not accepted)",
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "owned by uid {}, not by the agent's uid {me}: another user could take it over; \
+             remove it or choose another directory",
+            meta.uid()
+        )));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 fn mount_bpffs(at: &Path) -> Result<(), FsError> {

@@ -124,7 +124,7 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 }
             );
             for s in &entry.sources {
-                println!("    from {} {}", s.kind, s.name);
+                println!("    from {}", source_text(s));
             }
         }
         None if e.reason == "loopback" => println!("  loopback is always reachable"),
@@ -157,6 +157,15 @@ fn ancestor_ids(path: &std::path::Path) -> anyhow::Result<Vec<u64>> {
         ids.push(std::fs::metadata(&at)?.ino());
     }
     Ok(ids)
+}
+
+/// "host www.example.com", "rule google" (a rule's label already says it is a rule).
+fn source_text(s: &egress_agent::explain::SourceView) -> String {
+    if s.name.starts_with(&format!("{} ", s.kind)) {
+        s.name.clone()
+    } else {
+        format!("{} {}", s.kind, s.name)
+    }
 }
 
 /// Whether `path` is one of the cgroups with these ids, or below one.
@@ -204,7 +213,7 @@ pub fn who_has(args: WhoHasArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{} ({role}): allows {}", entry.key, entry.ports);
         for s in &entry.sources {
-            println!("  from {} {}", s.kind, s.name);
+            println!("  from {}", source_text(s));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ mod events;
 mod explain;
 mod learn;
 mod maps;
+mod preflight;
 mod run;
 mod status;
 
@@ -26,7 +27,7 @@ pub const DEFAULT_STATE_DIR: &str = "/run/egress-agent";
 )]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -42,7 +43,7 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Load the programs, attach them to a cgroup and enforce a policy file.
     Run(run::Args),
     /// Validate a policy file and print what it would enforce.
@@ -61,6 +62,9 @@ enum Command {
     Learn(learn::Args),
     /// Remove the programs and maps: enforcement stops (refused while an agent runs).
     Detach(detach::Args),
+    /// Check what this node needs to enforce (kernel, cgroup v2, bpf(2), bpffs,
+    /// capabilities); exits non-zero when something is missing.
+    Preflight(preflight::Args),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -74,6 +78,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WhoHas(args) => explain::who_has(args),
         Command::Learn(args) => learn::run(args),
         Command::Detach(args) => detach::run(args),
+        Command::Preflight(args) => preflight::run(args),
     }
 }
 

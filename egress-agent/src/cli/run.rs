@@ -30,6 +30,10 @@ pub struct Args {
     /// Kubeconfig for the API (default: the in-cluster service account).
     #[arg(long, env = "EGRESS_KUBECONFIG", requires = "node_name")]
     kubeconfig: Option<PathBuf>,
+    /// UID of the agent's own pod (the downward API's `metadata.uid`): a DaemonSet's pod is
+    /// below the pods' root too, and the agent must reach the API server and DNS.
+    #[arg(long, env = "POD_UID", requires = "node_name")]
+    exempt_pod_uid: Option<String>,
     #[command(flatten)]
     bpffs: BpffsArg,
     /// Upstream DNS server (IP or IP:PORT), repeatable. Default: the nameservers of
@@ -106,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         event_buffer,
         node_name,
         kubeconfig,
+        exempt_pod_uid,
     } = args;
     anyhow::ensure!(max_entries > 0, "--max-entries must be at least 1");
     let config = AgentConfig {
@@ -126,8 +131,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         state_dir,
         event_buffer,
         metrics,
-        kubernetes: node_name
-            .map(|node| egress_agent::pods::kube::ApiSettings { node, kubeconfig }),
+        kubernetes: node_name.map(|node| egress_agent::pods::kube::ApiSettings {
+            node,
+            kubeconfig,
+            exempt_pod: exempt_pod_uid,
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -169,6 +169,8 @@ pub fn check_representable(
 pub struct Pods {
     pub first_level: u32,
     pub by_cgroup: BTreeMap<u64, PodMeta>,
+    /// Pod cgroups that are not enforced at all (the agent's own pod).
+    pub exempt: BTreeSet<u64>,
 }
 
 /// Computes the maps' intended content at `now`, for a node whose pods are unknown (every
@@ -230,6 +232,13 @@ pub fn compute_for(
     }
 
     let base = contributions(policy, &node_wide, hosts, &resolvers, now);
+    // Classes are looked up when some rule is scoped or some pod is exempt.
+    let classed = scoped || !pods.exempt.is_empty();
+    if classed {
+        for &cgroup in &pods.exempt {
+            placed.insert(cgroup, ClassId::EXEMPT);
+        }
+    }
     let mut desired = Desired {
         config: Config {
             mode: match policy.mode {
@@ -241,8 +250,8 @@ pub fn compute_for(
                 Action::Deny => DefaultAction::DENY,
             },
             unknown_class: if scoped { unknown_class } else { ClassId::BASE },
-            class_first_level: if scoped { pods.first_level } else { 0 },
-            class_levels: if scoped { MAX_CLASS_LEVELS } else { 0 },
+            class_first_level: if classed { pods.first_level } else { 0 },
+            class_levels: if classed { MAX_CLASS_LEVELS } else { 0 },
         },
         sources: source_records(policy, hosts, &resolvers, now),
         classes: placed,

@@ -127,6 +127,8 @@ impl fmt::Display for EntryKey {
 pub fn class_name(class: ClassId) -> String {
     if class == ClassId::BASE {
         "node".to_owned()
+    } else if class == ClassId::EXEMPT {
+        "exempt".to_owned()
     } else {
         format!("{:016x}", class.0)
     }

@@ -57,6 +57,8 @@ pub struct ApiSettings {
     pub node: String,
     /// A kubeconfig file; without one, the in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
+    /// The UID of the agent's own pod, which is not enforced (`--exempt-pod-uid`).
+    pub exempt_pod: Option<String>,
 }
 
 /// A client for the API server.
@@ -177,6 +179,7 @@ pub fn store_cached(state_dir: &Path, index: &PodIndex) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     file.write_all(&serde_json::to_vec(index).map_err(std::io::Error::other)?)?;
     file.sync_all()?;

@@ -34,14 +34,23 @@ pub struct Tracked {
     pub synced: bool,
 }
 
-/// Joins pod cgroups and metadata.
-pub fn join(first_level: u32, cgroups: &BTreeMap<String, PodCgroup>, index: &PodIndex) -> Tracked {
+/// Joins pod cgroups and metadata; the pod `exempt` (the agent's own) is not enforced.
+pub fn join(
+    first_level: u32,
+    cgroups: &BTreeMap<String, PodCgroup>,
+    index: &PodIndex,
+    exempt: Option<&str>,
+) -> Tracked {
     let mut pods = Pods {
         first_level,
-        by_cgroup: BTreeMap::new(),
+        ..Pods::default()
     };
     let mut unplaced = Vec::new();
     for (uid, cg) in cgroups {
+        if Some(uid.as_str()) == exempt {
+            pods.exempt.insert(cg.id);
+            continue;
+        }
         match index.pods.get(uid) {
             Some(p) => {
                 pods.by_cgroup.insert(cg.id, p.meta());
@@ -64,6 +73,7 @@ pub fn track(
     root_level: u32,
     mut index: watch::Receiver<PodIndex>,
     state_dir: PathBuf,
+    exempt: Option<String>,
 ) -> watch::Receiver<Tracked> {
     let first_level = root_level + 1;
     let scan = |root: &Path| {
@@ -80,7 +90,7 @@ pub fn track(
         {
             tracing::warn!(error = %e, "failed to keep the pod metadata for the next run");
         }
-        join(first_level, &scan(&root), &snapshot)
+        join(first_level, &scan(&root), &snapshot, exempt.as_deref())
     };
     let (tx, rx) = watch::channel(initial);
     tokio::spawn(async move {
@@ -106,7 +116,7 @@ pub fn track(
             }
             let current = {
                 let index = index.borrow();
-                join(first_level, &scan(&root), &index)
+                join(first_level, &scan(&root), &index, exempt.as_deref())
             };
             tx.send_if_modified(|t| {
                 if *t == current {
@@ -175,7 +185,7 @@ mod tests {
                 labels: BTreeMap::new(),
             },
         );
-        let t = join(3, &cgroups, &index);
+        let t = join(3, &cgroups, &index, None);
         assert_eq!(t.pods.first_level, 3);
         assert_eq!(
             t.pods.by_cgroup.keys().copied().collect::<Vec<_>>(),
@@ -183,5 +193,8 @@ mod tests {
         );
         assert_eq!(t.pods.by_cgroup[&10].name, "pa");
         assert_eq!(t.unplaced, vec!["b".to_owned()]);
+        let t = join(3, &cgroups, &index, Some("b"));
+        assert!(t.unplaced.is_empty());
+        assert_eq!(t.pods.exempt.iter().copied().collect::<Vec<_>>(), vec![11]);
     }
 }

@@ -12,7 +12,7 @@
 //!     hosts: [www.googleapis.com]
 //!     cidrs: [203.0.113.0/24, 2001:db8::/48, 198.51.100.7]
 //!     ports: [443, "8000-8010"]   # omitted: every port
-//!     protocol: TCP        # TCP (default) | UDP | ANY
+//!     protocol: TCP        # TCP | UDP | ANY; default TCP for allow rules, ANY for deny rules
 //!     namespaces: [team-a] # optional: only pods of these namespaces
 //!     podSelector:         # optional: only pods these labels select (Kubernetes syntax)
 //!       matchLabels: {app: web}
@@ -230,7 +230,15 @@ pub fn apply(
                 "the rule names no destination; give `hosts`, `cidrs` or both",
             ));
         }
-        let protocols: &[Protocol] = match protocol.unwrap_or_default() {
+        let action = action.map_or(Action::Allow, Action::from);
+        // An allow rule opens TCP unless told otherwise; a deny rule closes every protocol
+        // unless told otherwise: a deny-list that left UDP (QUIC, DNS tunnels) open would
+        // fail open.
+        let default_protocol = match action {
+            Action::Allow => NativeProtocol::Tcp,
+            Action::Deny => NativeProtocol::Any,
+        };
+        let protocols: &[Protocol] = match protocol.unwrap_or(default_protocol) {
             NativeProtocol::Tcp => &[Protocol::Tcp],
             NativeProtocol::Udp => &[Protocol::Udp],
             NativeProtocol::Any => &Protocol::BOTH,
@@ -257,7 +265,7 @@ pub fn apply(
         builder.rules.push(Rule {
             at,
             label: format!("rule {}", name.unwrap_or_else(|| format!("#{}", i + 1))),
-            action: action.map_or(Action::Allow, Action::from),
+            action,
             hosts,
             nets: cidrs.into_iter().map(|n| n.0).collect(),
             ports: set,

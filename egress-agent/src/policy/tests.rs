@@ -373,3 +373,21 @@ fn nat64_addresses_are_stored_as_ipv4() {
         "198.51.100.10"
     );
 }
+
+/// A deny rule without `protocol` closes UDP too (a TCP-only default would leave QUIC and
+/// DNS tunnels open through a deny-list); an allow rule opens TCP only.
+#[test]
+fn deny_rules_default_to_every_protocol() {
+    let p = ok("\
+apiVersion: egress/v1
+kind: EgressPolicy
+defaultAction: allow
+rules:
+  - {action: deny, cidrs: [198.51.100.66]}
+  - {cidrs: [198.51.100.7], ports: [443]}
+  - {action: deny, cidrs: [198.51.100.8], protocol: TCP}
+");
+    assert_eq!(p.rules[0].ports.to_string(), "any/TCP, any/UDP");
+    assert_eq!(p.rules[1].ports.to_string(), "443/TCP");
+    assert_eq!(p.rules[2].ports.to_string(), "any/TCP");
+}

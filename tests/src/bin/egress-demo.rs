@@ -49,9 +49,9 @@ impl Demo {
         }
     }
 
-    /// `egress-agent <args>`, printed indented; returns its output.
+    /// `egress-agent <args>`, printed (as run) and its output indented; returns the output.
     fn cli(&mut self, args: &[&str], shown: &str) -> String {
-        println!("    $ egress-agent {shown}");
+        println!("    $ egress-agent {}", args.join(" "));
         match Command::new(egress_tests::agent::binary())
             .args(args)
             .output()
@@ -76,7 +76,9 @@ impl Demo {
 
     /// The denial metric lines of the Prometheus endpoint.
     fn metric(&mut self, base: &str) {
-        println!("    $ curl {base}/metrics | grep egress_verdicts_total.*deny");
+        println!(
+            "    $ curl -s {base}/metrics | grep 'egress_verdicts_total{{verdict=\"deny\"' | grep -v ' 0$'"
+        );
         let (code, body) = self.world.http_get(&format!("{base}/metrics"));
         let lines: Vec<&str> = body
             .lines()

@@ -433,6 +433,7 @@ fn classes_give_each_pod_the_verdicts_of_its_own_rules() {
             (104, pod("team-c", "batch")),
         ]
         .into(),
+        ..Pods::default()
     };
     let d = compute_for(&full, &cache, &[], NOW, &pods);
     assert_eq!(d.config.class_levels, egress_common::MAX_CLASS_LEVELS);
@@ -522,6 +523,7 @@ fn node_wide_policies_need_no_classes() {
     let pods = Pods {
         first_level: 1,
         by_cgroup: [(7, crate::policy::PodMeta::default())].into(),
+        ..Pods::default()
     };
     let d = compute_for(&p, &HostCache::default(), &[], NOW, &pods);
     assert_eq!(d.config.class_levels, 0);
