@@ -126,3 +126,21 @@ fn preflight_names_missing_capabilities() {
     );
     let _ = std::fs::remove_dir_all("/tmp/egress-preflight-test");
 }
+
+/// The policy shipped in deploy/configmap.yaml is valid (the manifests themselves are
+/// checked against the Kubernetes schema by `cargo xtask lint`).
+#[test]
+fn the_deployed_policy_is_valid() {
+    let manifest = include_str!("../../deploy/configmap.yaml");
+    let policy: String = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "policy.yaml: |")
+        .skip(1)
+        .map_while(|l| l.strip_prefix("    ").or((l.is_empty()).then_some("")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(policy.contains("kind: EgressPolicy"), "{policy}");
+    let (code, out, err) = check(&policy);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("namespace reports"), "{out}");
+}

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask <setup|demo|test|lint>`. Each one sets up what it needs
 //! first, so that a fresh machine needs nothing but this repository and rustup.
 
+mod image;
 mod setup;
 mod vm;
 
@@ -43,6 +44,9 @@ enum Task {
     },
     /// rustfmt check and clippy with warnings denied, host crates and the eBPF crate.
     Lint,
+    /// Build the agent statically and its container image (Dockerfile) with podman, and run
+    /// `egress-agent --version` from the image (installs podman if missing).
+    Image(image::ImageArgs),
     /// Run the end-to-end suite on several kernels, each booted under QEMU (needs root to
     /// install QEMU; fetches Debian's cloud kernels).
     VmTest(vm::VmTestArgs),
@@ -75,7 +79,16 @@ fn main() -> anyhow::Result<()> {
             let mut test_args = vec!["test", "--no-fail-fast"];
             test_args.extend(args.iter().map(String::as_str));
             let host = cargo(&root, &test_args);
-            if no_vm || !args.is_empty() {
+            if !args.is_empty() {
+                eprintln!("test: the image and the VM kernel matrix were not run");
+                return host;
+            }
+            // The image the manifests deploy: built, and started.
+            let host = host.and_then(|()| {
+                setup::podman()?;
+                image::run(&root, &image::ImageArgs::default())
+            });
+            if no_vm {
                 eprintln!("test: the VM kernel matrix was not run (cargo xtask vm-test runs it)");
                 return host;
             }
@@ -93,6 +106,11 @@ fn main() -> anyhow::Result<()> {
             setup::run(&root)?;
             lint(&root)
         }
+        Task::Image(args) => {
+            setup::run(&root)?;
+            setup::podman()?;
+            image::run(&root, &args)
+        }
         Task::VmTest(args) => {
             setup::run(&root)?;
             setup::qemu()?;
@@ -103,6 +121,7 @@ fn main() -> anyhow::Result<()> {
 
 fn lint(root: &Path) -> anyhow::Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"])?;
+    manifests(root)?;
     // The host crates (setup has installed bpf-linker, so the agent's build.rs builds the
     // real eBPF object here, the same one the build after this reuses).
     cargo(
@@ -134,6 +153,48 @@ fn lint(root: &Path) -> anyhow::Result<()> {
             "warnings",
         ],
     )
+}
+
+/// The Kubernetes manifests: every resource against the schema of the oldest Kubernetes
+/// release the agent targets (strict: unknown fields are errors), and the kustomization's
+/// resources present.
+fn manifests(root: &Path) -> anyhow::Result<()> {
+    let deploy = root.join("deploy");
+    let kustomization = std::fs::read_to_string(deploy.join("kustomization.yaml"))
+        .context("read deploy/kustomization.yaml")?;
+    let resources: Vec<String> = kustomization
+        .lines()
+        .skip_while(|l| !l.starts_with("resources:"))
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- ").map(str::to_owned))
+        .collect();
+    anyhow::ensure!(
+        !resources.is_empty(),
+        "deploy/kustomization.yaml lists no resources"
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&deploy)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .filter(|p| !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        anyhow::ensure!(
+            resources.contains(&name),
+            "deploy/{name} is not a resource of deploy/kustomization.yaml"
+        );
+    }
+    for r in &resources {
+        anyhow::ensure!(
+            deploy.join(r).exists(),
+            "deploy/kustomization.yaml lists missing {r}"
+        );
+    }
+    run(Command::new(setup::kubernetes_validate_bin(root))
+        .args(["--strict", "--quiet", "--kubernetes-version", "1.33.0"])
+        .args(&files))
 }
 
 fn require_root(why: &str) -> anyhow::Result<()> {

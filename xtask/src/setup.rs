@@ -10,14 +10,24 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages the tests and the demo run: curl (the client in the pod) and iproute2
 /// (namespaces and veth pairs); binutils (strip) and xz-utils (compressed kernel modules) for
-/// the VM initramfs.
-const DEBIAN_PACKAGES: [&str; 5] = [
+/// the VM initramfs; python3-venv for the manifest validator.
+const DEBIAN_PACKAGES: [&str; 6] = [
     "curl",
     "iproute2",
     "ca-certificates",
     "binutils",
     "xz-utils",
+    "python3-venv",
 ];
+
+/// kubernetes-validate (PyPI), which checks the manifests in deploy/ against the Kubernetes
+/// schemas it carries (no cluster, no network at validation time).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Where setup installs kubernetes-validate (a virtual environment of the system Python).
+pub fn kubernetes_validate_bin(root: &Path) -> PathBuf {
+    root.join(".tools/kubernetes-validate/bin/kubernetes-validate")
+}
 
 /// bpf-linker release built here; 0.13 supports LLVM 21–23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -26,6 +36,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     nightly_components()?;
     bpf_linker(root)?;
     debian_packages()?;
+    kubernetes_validate(root)?;
     eprintln!("setup: ready");
     Ok(())
 }
@@ -40,7 +51,7 @@ fn path_with_tools(root: &Path) -> OsString {
     path
 }
 
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("failed to run {cmd:?}"))?;
@@ -162,6 +173,33 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn kubernetes_validate(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(".tools/kubernetes-validate");
+    let stamp = venv.join("installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == KUBERNETES_VALIDATE)
+        && kubernetes_validate_bin(root).exists()
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing {KUBERNETES_VALIDATE} into {}",
+        venv.display()
+    );
+    crate::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    crate::run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))?;
+    std::fs::write(&stamp, KUBERNETES_VALIDATE)?;
+    Ok(())
+}
+
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .into_iter()
@@ -187,6 +225,27 @@ fn debian_packages() -> anyhow::Result<()> {
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(&missing);
     apt(&install)
+}
+
+/// podman (and readelf, in binutils) for `image`, from the machine's own Debian suite.
+pub fn podman() -> anyhow::Result<()> {
+    let installed = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "podman"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: installing podman");
+    let apt = |args: &[&str]| {
+        crate::run(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    apt(&["update", "-q"])?;
+    apt(&["install", "-y", "-q", "--no-install-recommends", "podman"])
 }
 
 /// QEMU for `vm-test`. Debian bookworm's qemu-system-x86 would replace the newer qemu-utils

@@ -48,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "cidrs": r.nets.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "ports": r.ports.to_string(),
+                    "for": r.scope.to_string(),
                 })
             })
             .collect();
@@ -117,6 +118,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("        addresses: {}", nets.join(", "));
         }
         println!("        ports: {}", rule.ports);
+        if !rule.scope.node_wide() {
+            println!("        for: {}", rule.scope);
+        }
     }
     if !desired.entries.is_empty() {
         println!("entries from literal addresses:");

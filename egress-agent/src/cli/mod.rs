@@ -43,7 +43,10 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once; boxing buys nothing")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once; boxing buys nothing"
+)]
 pub enum Command {
     /// Load the programs, attach them to a cgroup and enforce a policy file.
     Run(run::Args),
