@@ -56,10 +56,13 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// The newest source file below `dir`, unit-test files (`tests.rs`, `tests/`) left out: a
+/// change to them does not rebuild the binary.
 fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)
+        .filter(|e| e.file_name() != "tests.rs" && e.file_name() != "tests")
         .filter_map(|e| {
             let path = e.path();
             if path.is_dir() {

@@ -106,7 +106,7 @@ fn broken_policies_are_refused_and_the_last_good_one_stays() {
         (
             // A hostname's own rules need 65 port ranges: refused before it resolves.
             format!(
-                "{native_head}defaultAction: allow\nrules:\n  - action: deny\n    hosts: [evil.test]\n    ports: [{}]\n",
+                "{native_head}defaultAction: allow\nrules:\n  - action: deny\n    protocol: TCP\n    hosts: [evil.test]\n    ports: [{}]\n",
                 (1..=64)
                     .map(|i| (i * 100).to_string())
                     .collect::<Vec<_>>()

@@ -203,7 +203,7 @@ fn a_destination_with_too_many_port_ranges_is_closed_and_reported() {
     let max = egress_common::MAX_RANGES;
     let ports: Vec<String> = (1..=max + 1).map(|p| (p * 10).to_string()).collect();
     let p = policy(&format!(
-        "apiVersion: egress/v1\nkind: EgressPolicy\ndnsResolvers: []\ndefaultAction: allow\nrules:\n  - action: deny\n    cidrs: [192.0.2.1]\n    ports: [{}]\n",
+        "apiVersion: egress/v1\nkind: EgressPolicy\ndnsResolvers: []\ndefaultAction: allow\nrules:\n  - action: deny\n    protocol: TCP\n    cidrs: [192.0.2.1]\n    ports: [{}]\n",
         ports.join(", ")
     ));
     let d = compute(&p, &HostCache::default(), &[], NOW);
