@@ -144,6 +144,9 @@ fn bpf_syscall_check() -> Outcome {
         map_flags: 0,
         rest: [0; 124],
     };
+    // Kernels before 5.11 charge map memory to RLIMIT_MEMLOCK (of all the user's processes
+    // together); the loader lifts the limit as aya does, and so does this probe, first.
+    raise_memlock();
     // SAFETY: a valid, zero-padded bpf_attr of the size passed.
     let fd = unsafe {
         libc::syscall(
@@ -167,6 +170,16 @@ fn bpf_syscall_check() -> Outcome {
     // SAFETY: closing the fd just created.
     unsafe { libc::close(fd as libc::c_int) };
     Outcome::Ok("maps can be created".into())
+}
+
+/// Lifts RLIMIT_MEMLOCK (best effort: it needs CAP_SYS_RESOURCE).
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit value; setrlimit has no memory effects.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
 fn bpffs_check(bpffs: &Path) -> Outcome {

@@ -77,7 +77,17 @@ fn oversized_api_requests_are_refused() {
             .unwrap_or(0)
     };
     let before = rss(agent.pid());
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    // The API is served right after the agent is ready: wait for its socket.
+    let start = Instant::now();
+    let mut stream = loop {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(start.elapsed() < WAIT, "no API socket: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
     stream
         .set_write_timeout(Some(Duration::from_secs(5)))
         .unwrap();

@@ -186,7 +186,16 @@ fn kubelet_node(driver: Driver) {
     );
     api.apply(&own.api);
     world.write_policy(POLICY);
-    let mut agent = start(&world, &api, &["--exempt-pod-uid", &own.api.uid]);
+    let mut agent = start(
+        &world,
+        &api,
+        &[
+            "--exempt-pod-uid",
+            &own.api.uid,
+            "--metrics",
+            "10.200.0.1:0",
+        ],
+    );
     agent.wait_ready(WAIT);
     wait_placed(&mut agent, 3);
     let status = egress_agent::agent::status::read(&world.state_dir()).unwrap();
@@ -281,6 +290,17 @@ fn kubelet_node(driver: Driver) {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(": denied (no_entry)"), "{text}");
+
+    let status = agent.wait_for(WAIT, "metrics address", |s| s.metrics.is_some());
+    let (code, body) = world.http_get(&format!("http://{}/metrics", status.metrics.unwrap()));
+    assert_eq!(code, 200);
+    for line in [
+        "egress_pods{state=\"placed\"} 4",
+        "egress_pods{state=\"unplaced\"} 0",
+        "egress_pod_metadata_synced 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} not in:\n{body}");
+    }
 
     let asked: Vec<String> = api.requests();
     assert!(

@@ -257,6 +257,39 @@ impl Collector for KernelCollector {
                 .into_iter()
                 .map(|(h, n)| (vec![("hostname", h)], ConstGauge::new(i64::from(n)))),
         )?;
+        if let Some(pods) = &status.pods {
+            family(
+                &mut encoder,
+                "egress_pods",
+                "Pod cgroups below the pods' root: placed in their class, or not yet known \
+                 (unknown class)",
+                MetricType::Gauge,
+                [
+                    (
+                        vec![("state", "placed".to_owned())],
+                        ConstGauge::new(pods.placed as i64),
+                    ),
+                    (
+                        vec![("state", "unplaced".to_owned())],
+                        ConstGauge::new(pods.unplaced.len() as i64),
+                    ),
+                ],
+            )?;
+            family(
+                &mut encoder,
+                "egress_pod_classes",
+                "Distinct policy classes in the maps, the node-wide one included",
+                MetricType::Gauge,
+                [(vec![], ConstGauge::new(pods.classes as i64))],
+            )?;
+            family(
+                &mut encoder,
+                "egress_pod_metadata_synced",
+                "1 when the pod metadata comes from a complete listing of the API by this run",
+                MetricType::Gauge,
+                [(vec![], ConstGauge::new(i64::from(pods.synced)))],
+            )?;
+        }
         family(
             &mut encoder,
             "egress_agent_info",
