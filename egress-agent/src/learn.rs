@@ -245,6 +245,7 @@ mod tests {
             cgroup: None,
             pod_uid: None,
             container_id: None,
+            pod: None,
             pid: 1,
             comm: "curl".into(),
             hostnames: hosts.iter().map(|s| (*s).to_owned()).collect(),

@@ -227,6 +227,14 @@ fn kubelet_node(driver: Driver) {
         [true; 5],
         "the agent's own pod"
     );
+    // A denial names the pod by namespace and name, not only by cgroup.
+    agent.wait_events(WAIT, "an event of pod B", |events| {
+        events.iter().any(|e| {
+            e["pod"] == "team-b/web-2"
+                && e["destination"] == "198.51.100.10"
+                && e["pod_uid"] == pods[1].api.uid.as_str()
+        })
+    });
     // The pod-level cgroup itself is enforced like its containers.
     let pod_level = pods[0].container.parent().unwrap();
     assert_eq!(reach(&world, pod_level), A_TEAM_A_WEB);

@@ -144,6 +144,11 @@ impl Controller {
         c
     }
 
+    /// The tracked pods, for the event reader (none when pods are not tracked).
+    pub(super) fn pods_watch(&self) -> Option<tokio::sync::watch::Receiver<Tracked>> {
+        self.pods.clone()
+    }
+
     pub(super) fn hold(&mut self, lock: PinLock) {
         self.lock = Some(lock);
     }

@@ -124,8 +124,9 @@ pub async fn run(
     let lookup = open("open the maps for the event reader in")?;
     let cgroup = started.cgroup.clone();
     let reader_hub = hub.clone();
+    let pods = controller.pods_watch();
     tokio::spawn(async move {
-        crate::events::reader::run(started.events, lookup, &cgroup, reader_hub).await;
+        crate::events::reader::run(started.events, lookup, &cgroup, reader_hub, pods).await;
     });
     api::serve(&config.state_dir, hub.clone()).map_err(|source| AgentError::Io {
         what: "serve the local API in",

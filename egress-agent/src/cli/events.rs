@@ -118,10 +118,11 @@ fn row(r: &FlowRecord) -> String {
     } else {
         format!("{} ({})", r.comm, r.pid)
     };
-    let cgroup = match (&r.pod_uid, &r.cgroup) {
-        (Some(pod), _) => format!("pod {pod}"),
-        (None, Some(c)) => c.clone(),
-        (None, None) => format!("cgroup id {}", r.cgroup_id),
+    let cgroup = match (&r.pod, &r.pod_uid, &r.cgroup) {
+        (Some(name), _, _) => format!("pod {name}"),
+        (None, Some(pod), _) => format!("pod {pod}"),
+        (None, None, Some(c)) => c.clone(),
+        (None, None, None) => format!("cgroup id {}", r.cgroup_id),
     };
     format!(
         "{:<20} {:>6}  {:<10} {:<19} {:<44} {:<28} {:<22} {cgroup}",

@@ -39,6 +39,9 @@ pub struct FlowRecord {
     pub cgroup: Option<String>,
     pub pod_uid: Option<String>,
     pub container_id: Option<String>,
+    /// `namespace/name` of the pod, when the agent tracks pods and knows this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The process of the latest event (0 and empty for the wire check, which has none).
     pub pid: u32,
     pub comm: String,
@@ -52,6 +55,7 @@ pub struct Context {
     pub cgroup: Option<String>,
     pub pod_uid: Option<String>,
     pub container_id: Option<String>,
+    pub pod: Option<String>,
     pub hostnames: Vec<String>,
 }
 
@@ -155,6 +159,7 @@ impl FlowTable {
                 cgroup,
                 pod_uid,
                 container_id,
+                pod,
                 hostnames,
             } = context();
             FlowRecord {
@@ -172,6 +177,7 @@ impl FlowTable {
                 cgroup,
                 pod_uid,
                 container_id,
+                pod,
                 pid: 0,
                 comm: String::new(),
                 hostnames,

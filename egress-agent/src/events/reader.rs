@@ -24,7 +24,13 @@ use crate::{
 const SWEEP: Duration = Duration::from_secs(1);
 
 /// Reads events and counts until the task is dropped.
-pub async fn run(maps: EventMaps, lookup: PinnedMaps, cgroup_root: &Path, hub: EventHub) {
+pub async fn run(
+    maps: EventMaps,
+    lookup: PinnedMaps,
+    cgroup_root: &Path,
+    hub: EventHub,
+    pods: Option<tokio::sync::watch::Receiver<crate::pods::Tracked>>,
+) {
     let EventMaps { events, flows } = maps;
     // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as long as the
     // AsyncFd that takes it exists.
@@ -38,6 +44,7 @@ pub async fn run(maps: EventMaps, lookup: PinnedMaps, cgroup_root: &Path, hub: E
     let mut describe = Describer {
         cgroups: CgroupNames::new(cgroup_root),
         lookup,
+        pods,
     };
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
@@ -110,6 +117,7 @@ fn log_new(r: &FlowRecord) {
         protocol = %r.protocol,
         cgroup = r.cgroup.as_deref().unwrap_or("?"),
         pod_uid = r.pod_uid.as_deref().unwrap_or(""),
+        pod = r.pod.as_deref().unwrap_or(""),
         pid = r.pid,
         comm = %r.comm,
         hostnames = %r.hostnames.join(","),
@@ -120,6 +128,8 @@ fn log_new(r: &FlowRecord) {
 struct Describer {
     cgroups: CgroupNames,
     lookup: PinnedMaps,
+    /// The tracked pods, for the namespace and name of a pod UID.
+    pods: Option<tokio::sync::watch::Receiver<crate::pods::Tracked>>,
 }
 
 impl Describer {
@@ -129,10 +139,15 @@ impl Describer {
             .as_deref()
             .map(|p| kubelet_ids(&p.display().to_string()))
             .unwrap_or_default();
+        let pod = pod_uid.as_ref().and_then(|uid| {
+            let tracked = self.pods.as_ref()?.borrow();
+            tracked.names.get(uid).cloned()
+        });
         Context {
             cgroup: cgroup.map(|p| p.display().to_string()),
             pod_uid,
             container_id,
+            pod,
             hostnames: hostnames(&self.lookup, destination(key)),
         }
     }

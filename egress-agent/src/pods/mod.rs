@@ -32,6 +32,8 @@ pub struct Tracked {
     pub unplaced: Vec<String>,
     /// Whether the metadata comes from a complete listing by this run.
     pub synced: bool,
+    /// Pod UID → `namespace/name`, for the pods with a cgroup here (for events).
+    pub names: BTreeMap<String, String>,
 }
 
 /// Joins pod cgroups and metadata; the pod `exempt` (the agent's own) is not enforced.
@@ -46,7 +48,11 @@ pub fn join(
         ..Pods::default()
     };
     let mut unplaced = Vec::new();
+    let mut names = BTreeMap::new();
     for (uid, cg) in cgroups {
+        if let Some(p) = index.pods.get(uid) {
+            names.insert(uid.clone(), format!("{}/{}", p.namespace, p.name));
+        }
         if Some(uid.as_str()) == exempt {
             pods.exempt.insert(cg.id);
             continue;
@@ -62,6 +68,7 @@ pub fn join(
         pods,
         unplaced,
         synced: index.synced,
+        names,
     }
 }
 
