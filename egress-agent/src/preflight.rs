@@ -184,14 +184,21 @@ fn raise_memlock() {
 
 fn bpffs_check(bpffs: &Path) -> Outcome {
     let mounts = fs::mounts_of("bpf").unwrap_or_default();
-    if let Some(m) = mounts.iter().find(|m| bpffs.starts_with(m)) {
-        return Outcome::Ok(format!(
-            "{} is on bpffs mounted at {}",
-            bpffs.display(),
-            m.display()
+    // Judged by the file system the directory (or its nearest existing ancestor) is really
+    // on, not by how the path is spelt (`..`, symlinks).
+    if fs::on_bpffs(bpffs) {
+        return Outcome::Ok(format!("{} is on bpffs", bpffs.display()));
+    }
+    if bpffs
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Outcome::Fail(format!(
+            "{} is not on bpffs (and `..` in it hides where it leads)",
+            bpffs.display()
         ));
     }
-    if bpffs.starts_with(fs::DEFAULT_BPFFS) {
+    if bpffs.starts_with(fs::DEFAULT_BPFFS) && !fs::on_bpffs(Path::new(fs::DEFAULT_BPFFS)) {
         let can_mount = effective_caps().is_some_and(|c| c & (1u64 << CAP_SYS_ADMIN) != 0);
         return if can_mount {
             Outcome::Warn(format!(

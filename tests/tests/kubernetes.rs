@@ -385,3 +385,41 @@ fn api_outage_keeps_the_last_known_pods() {
     assert_eq!(reach(&world, &pods[1].container), UNKNOWN, "deleted pod");
     assert_eq!(reach(&world, &pods[0].container), A_TEAM_A_WEB);
 }
+
+/// Classes that do not fit the maps never freeze placements: once they stop fitting, every
+/// pod falls back to the unknown class (node-wide allows minus every deny) — a placed pod
+/// loses its scoped allowance rather than keeping it — and the status says why.
+#[test]
+fn classes_that_do_not_fit_give_every_pod_the_unknown_class() {
+    let world = World::new(Zone::new()).expect("world");
+    let api = KubeApi::start(
+        &world.rt,
+        &world.world,
+        "10.200.0.1:6443".parse().unwrap(),
+        world.dir(),
+    )
+    .expect("API server");
+    let pods = pods(&world.cgroup.enforced, Driver::Systemd);
+    // Pod B alone fits: its class needs two entries beside the node-wide and unknown ones.
+    api.apply(&pods[1].api);
+    world.write_policy(POLICY);
+    let mut agent = start(&world, &api, &["--max-entries", "6"]);
+    agent.wait_ready(WAIT);
+    wait_placed(&mut agent, 1);
+    assert_eq!(reach(&world, &pods[1].container), B_TEAM_B_WEB);
+    // Two more pods with classes of their own: no longer fits.
+    api.apply(&pods[0].api);
+    api.apply(&pods[2].api);
+    let status = agent.wait_for(WAIT, "the fallback reported", |s| {
+        s.problems.iter().any(|p| p.contains("do not fit the maps"))
+    });
+    assert_eq!(status.pods.unwrap().placed, 0, "{:?}", status.problems);
+    for p in &pods {
+        assert_eq!(reach(&world, &p.container), UNKNOWN, "{}", p.api.name);
+    }
+    // Room again (pod A goes): placements come back.
+    api.delete(&pods[0].api.uid);
+    api.delete(&pods[2].api.uid);
+    wait_placed(&mut agent, 1);
+    assert_eq!(reach(&world, &pods[1].container), B_TEAM_B_WEB);
+}

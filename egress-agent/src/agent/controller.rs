@@ -425,14 +425,40 @@ impl Controller {
     }
 
     fn try_reconcile(&mut self) -> Result<(), AgentError> {
-        let desired = compute_for(
+        let at = now();
+        let mut desired = compute_for(
             &self.policy,
             &self.cache,
             &self.upstream_ips,
-            now(),
+            at,
             &self.tracked.pods,
         );
         let mut problems = Vec::new();
+        // Pods' classes that do not fit the maps must not freeze the placements (a pod
+        // relabelled into a scoped deny would keep its old allowance): every pod then gets
+        // the unknown class — node-wide allows minus every deny — which needs no entries
+        // per pod, and the agent says so.
+        if !desired.classes.is_empty() && self.reconciler.preflight(&desired).is_err() {
+            let unplaced = crate::enforce::desired::Pods {
+                first_level: self.tracked.pods.first_level,
+                exempt: self.tracked.pods.exempt.clone(),
+                ..Default::default()
+            };
+            let fallback =
+                compute_for(&self.policy, &self.cache, &self.upstream_ips, at, &unplaced);
+            if self.reconciler.preflight(&fallback).is_ok() {
+                let msg = format!(
+                    "the classes of {} pods do not fit the maps (--max-entries {}); every \
+                     pod gets the unknown class (node-wide allows minus every deny) until \
+                     they do",
+                    self.tracked.pods.by_cgroup.len(),
+                    self.config.max_entries
+                );
+                tracing::error!("{msg}");
+                problems.push(msg);
+                desired = fallback;
+            }
+        }
         for (key, err, sources) in &desired.closed {
             let msg = format!(
                 "{key} ({}) {err}; it is denied on every port until the policy fits",
@@ -565,8 +591,21 @@ impl Controller {
             let mut classes: std::collections::BTreeSet<_> =
                 self.reconciler.entries().keys().map(|k| k.class).collect();
             classes.insert(egress_common::ClassId::BASE);
+            // What the kernel holds, not what was wanted (they differ when classes do not
+            // fit).
+            let exempt = &self.tracked.pods.exempt;
+            let placed = if self.policy.scoped() {
+                self.reconciler
+                    .classes()
+                    .keys()
+                    .filter(|c| !exempt.contains(c))
+                    .count()
+            } else {
+                // Nothing to place: every known pod has the node-wide rules.
+                self.tracked.pods.by_cgroup.len()
+            };
             self.status.pods = Some(status::PodsStatus {
-                placed: self.tracked.pods.by_cgroup.len(),
+                placed,
                 unplaced: self.tracked.unplaced.clone(),
                 synced: self.tracked.synced,
                 classes: classes.len(),

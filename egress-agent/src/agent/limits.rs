@@ -20,7 +20,10 @@ use tokio::{
 };
 
 /// Connections the metrics endpoint serves at once; more are closed on arrival.
-pub const MAX_HTTP_CONNECTIONS: usize = 64;
+pub const MAX_HTTP_CONNECTIONS: usize = 256;
+/// Connections one peer address may hold at once: a client that hoards connections
+/// exhausts its own share, not the kubelet's probes or Prometheus's scrapes.
+pub const MAX_HTTP_CONNECTIONS_PER_PEER: usize = 8;
 /// How long one metrics connection may live (a scrape takes milliseconds; keep-alive
 /// clients reconnect).
 pub const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
@@ -30,15 +33,51 @@ pub const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
 pub struct LimitedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    max_per_peer: usize,
     lifetime: Duration,
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, max: usize, lifetime: Duration) -> Self {
+    pub fn new(inner: TcpListener, max: usize, max_per_peer: usize, lifetime: Duration) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(max)),
+            per_peer: Arc::default(),
+            max_per_peer,
             lifetime,
+        }
+    }
+
+    /// Counts a connection of `peer`, unless it already holds its share.
+    fn admit(&self, peer: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut held = self.per_peer.lock().expect("peer counts");
+        let n = held.entry(peer).or_insert(0);
+        if *n >= self.max_per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peer,
+            counts: self.per_peer.clone(),
+        })
+    }
+}
+
+/// One connection's place in its peer's share; given back when the connection ends.
+pub struct PeerSlot {
+    peer: std::net::IpAddr,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().expect("peer counts");
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
         }
     }
 }
@@ -58,8 +97,14 @@ impl axum::serve::Listener for LimitedListener {
                     continue;
                 }
             };
+            let Some(peer) = self.admit(addr.ip()) else {
+                tracing::debug!(peer = %addr, "metrics endpoint: too many connections from this peer");
+                continue;
+            };
             match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => return (Limited::new(stream, permit, self.lifetime), addr),
+                Ok(permit) => {
+                    return (Limited::new(stream, (permit, peer), self.lifetime), addr);
+                }
                 // Full: the newcomer is closed (dropped) at once rather than queued.
                 Err(_) => tracing::debug!(peer = %addr, "metrics endpoint: too many connections"),
             }
@@ -75,11 +120,11 @@ impl axum::serve::Listener for LimitedListener {
 pub struct Limited<T> {
     io: T,
     deadline: Pin<Box<Sleep>>,
-    _slot: OwnedSemaphorePermit,
+    _slot: (OwnedSemaphorePermit, PeerSlot),
 }
 
 impl<T> Limited<T> {
-    pub fn new(io: T, slot: OwnedSemaphorePermit, lifetime: Duration) -> Self {
+    pub fn new(io: T, slot: (OwnedSemaphorePermit, PeerSlot), lifetime: Duration) -> Self {
         Self {
             io,
             deadline: Box::pin(tokio::time::sleep(lifetime)),

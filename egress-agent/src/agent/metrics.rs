@@ -372,6 +372,7 @@ pub async fn serve(
     let listener = super::limits::LimitedListener::new(
         listener,
         super::limits::MAX_HTTP_CONNECTIONS,
+        super::limits::MAX_HTTP_CONNECTIONS_PER_PEER,
         super::limits::HTTP_CONNECTION_LIFETIME,
     );
     tokio::spawn(async move {

@@ -79,6 +79,19 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `path` — or, if it does not exist yet, its nearest existing ancestor — is on
+/// bpffs.
+pub fn on_bpffs(path: &Path) -> bool {
+    let mut existing = path;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return false,
+        }
+    }
+    fs_magic(existing).is_ok_and(|m| m == BPF_FS_MAGIC)
+}
+
 fn fs_magic(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -130,6 +143,9 @@ impl Cgroup {
             }
             joined
         };
+        // The real path: `..` and symlinks resolved, so that what is reported and compared
+        // (explain's "is it enforced", levels below the mount) is the cgroup itself.
+        let candidate = std::fs::canonicalize(&candidate).map_err(io_err("resolve", &candidate))?;
         let id = std::fs::metadata(&candidate)
             .map_err(io_err("stat", &candidate))?
             .ino();

@@ -56,6 +56,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "entries: {} v4, {} v6, {} v4 prefixes, {} v6 prefixes (capacity {} each); {} hostnames",
         s.entries.v4, s.entries.v6, s.entries.cidr_v4, s.entries.cidr_v6, s.max_entries, s.hosts
     );
+    if let Some(pods) = &s.pods {
+        println!(
+            "pods: {} placed in their class, {} not known yet (unknown class); {} classes; \
+             metadata {}",
+            pods.placed,
+            pods.unplaced.len(),
+            pods.classes,
+            if pods.synced {
+                "listed from the API"
+            } else {
+                "from the previous run (API not listed yet)"
+            }
+        );
+    }
     println!(
         "reloads: {} applied, {} rejected",
         s.reloads_ok, s.reloads_failed

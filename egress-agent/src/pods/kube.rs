@@ -78,6 +78,10 @@ pub async fn client(settings: &ApiSettings) -> anyhow::Result<Client> {
     // The client's own retries of 503s back off for up to minutes without a word; the
     // watcher's backoff (capped at 30 s) retries instead, and the outage is reported.
     config.default_retry = false;
+    // An API server that accepts and never answers must not stall the watch for good: the
+    // watch asks the server to end each request after 55 s, and a read waits at most 70 s.
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    config.read_timeout = Some(std::time::Duration::from_secs(70));
     Ok(Client::try_from(config)?)
 }
 
@@ -85,7 +89,9 @@ pub async fn client(settings: &ApiSettings) -> anyhow::Result<Client> {
 /// receiver side is gone.
 pub async fn watch_pods(client: Client, node: String, index: watch::Sender<PodIndex>) {
     let api: Api<Pod> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let config = watcher::Config::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .timeout(55);
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut listing: Option<BTreeMap<String, StoredPod>> = None;
     let mut failing = false;
