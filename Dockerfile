@@ -9,8 +9,10 @@
 #
 #   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p egress-agent \
 #       --target x86_64-unknown-linux-gnu --target-dir target/static
-#   mkdir -p target/image && cp target/static/x86_64-unknown-linux-gnu/release/egress-agent target/image/
-#   docker build -t egress-agent:0.1.0 -f Dockerfile target/image
+#   mkdir -p target/image/context
+#   cp target/static/x86_64-unknown-linux-gnu/release/egress-agent target/image/context/
+#   strip --strip-debug target/image/context/egress-agent
+#   docker build -t localhost/egress-agent:0.1.0 -f Dockerfile target/image/context
 FROM scratch
 COPY egress-agent /egress-agent
 ENTRYPOINT ["/egress-agent"]

@@ -202,8 +202,9 @@ fn bpffs_check(bpffs: &Path) -> Outcome {
         let can_mount = effective_caps().is_some_and(|c| c & (1u64 << CAP_SYS_ADMIN) != 0);
         return if can_mount {
             Outcome::Warn(format!(
-                "nothing mounted at {}; the agent will mount bpffs there (give the pod a \
-                 host bpffs mount with bidirectional propagation, or pins die with the pod)",
+                "nothing mounted at {}; the agent will mount bpffs there, but in a container \
+                 that mount is private and the pins end with the container: mount bpffs on \
+                 the host (systemd does)",
                 fs::DEFAULT_BPFFS
             ))
         } else {

@@ -9,7 +9,9 @@ use std::{path::Path, process::Command};
 
 use anyhow::Context as _;
 
-pub const TAG: &str = concat!("egress-agent:", env!("CARGO_PKG_VERSION"));
+/// The name `deploy/daemonset.yaml` asks for (podman's own prefix for local images, which an
+/// exported archive keeps through `ctr images import`).
+pub const TAG: &str = concat!("localhost/egress-agent:", env!("CARGO_PKG_VERSION"));
 
 #[derive(clap::Args, Default)]
 pub struct ImageArgs {

@@ -30,6 +30,7 @@ pub struct ExplainArgs {
     cgroup: Option<PathBuf>,
     #[command(flatten)]
     bpffs: BpffsArg,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -40,6 +41,7 @@ pub struct WhoHasArgs {
     address: IpAddr,
     #[command(flatten)]
     bpffs: BpffsArg,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }

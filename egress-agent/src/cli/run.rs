@@ -43,7 +43,8 @@ pub struct Args {
     /// Capacity of each map (exact v4, exact v6, prefixes v4, prefixes v6, port sets, sources).
     #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
     max_entries: u32,
-    /// Directory for the status file.
+    /// The agent's own directory (made 0700): status file, local API socket (agent.sock),
+    /// and the pod metadata kept for the next run.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Lowest TTL honoured (shorter TTLs are raised to it).
