@@ -111,6 +111,17 @@ fn oversized_api_requests_are_refused() {
     );
 }
 
+/// The agent exits non-zero, saying a directory belongs to uid 65534.
+fn assert_refused_as_foreign(world: &World) {
+    let mut agent = world.start_agent(&[]);
+    assert_ne!(agent.wait_exit(WAIT), 0);
+    assert!(
+        agent.log().contains("owned by uid 65534"),
+        "{}",
+        agent.log()
+    );
+}
+
 /// Directories another user could control are refused, for the pins and for the state.
 #[test]
 fn directories_of_another_user_are_refused() {
@@ -119,13 +130,7 @@ fn directories_of_another_user_are_refused() {
     // A pin directory pre-created by an unprivileged user (bpffs's root is 1777).
     std::fs::create_dir_all(&world.bpffs).unwrap();
     std::os::unix::fs::chown(&world.bpffs, Some(65534), Some(65534)).unwrap();
-    let mut agent = world.start_agent(&[]);
-    assert_ne!(agent.wait_exit(WAIT), 0);
-    assert!(
-        agent.log().contains("owned by uid 65534"),
-        "{}",
-        agent.log()
-    );
+    assert_refused_as_foreign(&world);
     std::fs::remove_dir(&world.bpffs).unwrap();
 
     // A state directory of another user.
@@ -133,13 +138,7 @@ fn directories_of_another_user_are_refused() {
     std::fs::create_dir_all(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
-    let mut agent = world.start_agent(&[]);
-    assert_ne!(agent.wait_exit(WAIT), 0);
-    assert!(
-        agent.log().contains("owned by uid 65534"),
-        "{}",
-        agent.log()
-    );
+    assert_refused_as_foreign(&world);
     std::fs::remove_dir(&state).unwrap();
 
     // Its own directories are made private.

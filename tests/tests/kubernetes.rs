@@ -140,6 +140,19 @@ fn pods(root: &Path, driver: Driver) -> Vec<SimPod> {
     ]
 }
 
+/// A test world with the recorded Kubernetes API server in its world namespace.
+fn node() -> (World, KubeApi) {
+    let world = World::new(Zone::new()).expect("world");
+    let api = KubeApi::start(
+        &world.rt,
+        &world.world,
+        "10.200.0.1:6443".parse().unwrap(),
+        world.dir(),
+    )
+    .expect("API server");
+    (world, api)
+}
+
 fn start(world: &World, api: &KubeApi, extra: &[&str]) -> egress_tests::agent::Agent {
     let kubeconfig = api.kubeconfig.display().to_string();
     let mut args = vec!["--node-name", NODE, "--kubeconfig", &kubeconfig];
@@ -154,14 +167,7 @@ fn wait_placed(agent: &mut egress_tests::agent::Agent, n: usize) {
 }
 
 fn kubelet_node(driver: Driver) {
-    let world = World::new(Zone::new()).expect("world");
-    let api = KubeApi::start(
-        &world.rt,
-        &world.world,
-        "10.200.0.1:6443".parse().unwrap(),
-        world.dir(),
-    )
-    .expect("API server");
+    let (world, api) = node();
     let root = world.cgroup.enforced.clone();
     let pods = pods(&root, driver);
     for p in &pods {
@@ -334,14 +340,7 @@ fn cgroupfs_driver_pods_get_their_own_rules() {
 /// API is back, a deleted pod loses its placement (and gets the unknown class).
 #[test]
 fn api_outage_keeps_the_last_known_pods() {
-    let world = World::new(Zone::new()).expect("world");
-    let api = KubeApi::start(
-        &world.rt,
-        &world.world,
-        "10.200.0.1:6443".parse().unwrap(),
-        world.dir(),
-    )
-    .expect("API server");
+    let (world, api) = node();
     let pods = pods(&world.cgroup.enforced, Driver::Systemd);
     for p in &pods {
         api.apply(&p.api);
@@ -391,14 +390,7 @@ fn api_outage_keeps_the_last_known_pods() {
 /// loses its scoped allowance rather than keeping it — and the status says why.
 #[test]
 fn classes_that_do_not_fit_give_every_pod_the_unknown_class() {
-    let world = World::new(Zone::new()).expect("world");
-    let api = KubeApi::start(
-        &world.rt,
-        &world.world,
-        "10.200.0.1:6443".parse().unwrap(),
-        world.dir(),
-    )
-    .expect("API server");
+    let (world, api) = node();
     let pods = pods(&world.cgroup.enforced, Driver::Systemd);
     // Pod B alone fits: its class needs two entries beside the node-wide and unknown ones.
     api.apply(&pods[1].api);

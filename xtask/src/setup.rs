@@ -35,7 +35,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run(root: &Path) -> anyhow::Result<()> {
     nightly_components()?;
     bpf_linker(root)?;
-    debian_packages()?;
+    debian_packages(&DEBIAN_PACKAGES)?;
     kubernetes_validate(root)?;
     eprintln!("setup: ready");
     Ok(())
@@ -200,9 +200,11 @@ fn kubernetes_validate(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .into_iter()
+/// Installs those of `packages` that are missing (and nothing when none is).
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
         .filter(|p| {
             !Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", p])
@@ -227,25 +229,9 @@ fn debian_packages() -> anyhow::Result<()> {
     apt(&install)
 }
 
-/// podman (and readelf, in binutils) for `image`, from the machine's own Debian suite.
+/// podman for `image` (readelf comes with binutils), from the machine's own Debian suite.
 pub fn podman() -> anyhow::Result<()> {
-    let installed = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", "podman"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"));
-    if installed {
-        return Ok(());
-    }
-    eprintln!("setup: installing podman");
-    let apt = |args: &[&str]| {
-        crate::run(
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    apt(&["update", "-q"])?;
-    apt(&["install", "-y", "-q", "--no-install-recommends", "podman"])
+    debian_packages(&["podman"])
 }
 
 /// QEMU for `vm-test`. Debian bookworm's qemu-system-x86 would replace the newer qemu-utils

@@ -2,11 +2,7 @@
 //! policy, and what went wrong last. Written atomically after every change; read by
 //! `egress-agent status` and by tests that wait for a reload to land.
 
-use std::{
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,17 +90,8 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 /// Writes the file atomically (temporary file, then rename), readable by root only.
 pub fn write(state_dir: &Path, status: &Status) -> std::io::Result<()> {
-    let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    file.write_all(serde_json::to_string_pretty(status)?.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(tmp, path(state_dir))
+    let text = serde_json::to_string_pretty(status)?;
+    crate::bpf::fs::write_private(&path(state_dir), text.as_bytes())
 }
 
 pub fn read(state_dir: &Path) -> std::io::Result<Status> {

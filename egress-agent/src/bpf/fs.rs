@@ -207,6 +207,24 @@ pub fn make_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Replaces `path` with `bytes` atomically (a temporary file beside it, then a rename),
+/// readable by the agent only, never writing through a symlink planted in its place.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
 fn mount_bpffs(at: &Path) -> Result<(), FsError> {
     std::fs::create_dir_all(at).map_err(io_err("create", at))?;
     let target = CString::new(at.as_os_str().as_bytes()).expect("no NUL in path");

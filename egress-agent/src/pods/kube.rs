@@ -175,19 +175,8 @@ pub fn load_cached(state_dir: &Path) -> PodIndex {
     }
 }
 
-/// Writes the index for the next run: readable by root only, replaced atomically.
+/// Writes the index for the next run: readable by the agent only, replaced atomically.
 pub fn store_cached(state_dir: &Path, index: &PodIndex) -> std::io::Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let path = cache_path(state_dir);
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    file.write_all(&serde_json::to_vec(index).map_err(std::io::Error::other)?)?;
-    file.sync_all()?;
-    std::fs::rename(tmp, path)
+    let bytes = serde_json::to_vec(index).map_err(std::io::Error::other)?;
+    crate::bpf::fs::write_private(&cache_path(state_dir), &bytes)
 }
