@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a key or value layout below changes. The agent pins maps under a
 /// directory named after it, so a new layout gets new maps instead of misreading old ones.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Program names (the Rust function names of the kernel entry points).
 pub mod programs {
@@ -23,10 +23,18 @@ pub mod programs {
     pub const SENDMSG6: &str = "egress_sendmsg6";
     /// `cgroup_skb/egress`: the second line, judging the packets that actually leave.
     pub const WIRE: &str = "egress_wire";
+    /// `cgroup/sock_create`: refuses raw and ICMP sockets, which no address hook sees.
+    pub const SOCK_CREATE: &str = "egress_sock_create";
+    /// `lsm_cgroup/socket_create`: refuses packet sockets. Only where the BPF LSM is active
+    /// (not part of [`ALL`]).
+    pub const PACKET_SOCKET: &str = "egress_packet_socket";
+    /// The LSM hook it attaches to.
+    pub const PACKET_SOCKET_HOOK: &str = "socket_create";
     /// The `cgroup/sock_addr` programs.
     pub const SOCK_ADDR: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
-    /// Every program, in attach order.
-    pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, WIRE];
+    /// Every program, in attach order: socket creation first, so that no raw socket can be
+    /// made in the moment between the address hooks and it.
+    pub const ALL: [&str; 6] = [SOCK_CREATE, CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, WIRE];
 }
 
 /// Map names (the symbol names of the map statics in `egress-ebpf`).
@@ -56,14 +64,18 @@ pub mod maps {
     /// Per-CPU LRU hash [`crate::FlowKey`] → [`crate::FlowStat`]: every denial counted, so
     /// counts stay exact however few events are sent and however many are lost.
     pub const FLOWS: &str = "EGRESS_FLOWS";
+    /// The socket kinds a class may create: [`crate::ClassId`] → [`crate::SocketKinds`]. A
+    /// class without an entry gets the node-wide one ([`crate::ClassId::BASE`]).
+    pub const SOCKETS: &str = "EGRESS_SOCKETS";
     /// Every map, for pinning and for the ELF symbol test.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, CLASSES, EVENTS,
-        FLOWS,
+        FLOWS, SOCKETS,
     ];
     /// Maps pinned in a generation directory (the ring buffer is each agent's own).
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 11] = [
         ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, CONFIG, COUNTERS, SOURCES, CLASSES, FLOWS,
+        SOCKETS,
     ];
     /// Maps whose capacity follows the agent's `--max-entries`.
     pub const SIZED: [&str; 6] = [ALLOW_V4, ALLOW_V6, CIDR_V4, CIDR_V6, PORTS, SOURCES];
@@ -365,7 +377,10 @@ impl Counter {
     pub const EVENTS_LOST: Self = Self(10);
     /// Allowed because the caller is the agent's own pod, which is not enforced.
     pub const ALLOW_EXEMPT: Self = Self(11);
-    pub const COUNT: u32 = 12;
+    /// Denied: a raw, ICMP or packet socket, which no rule of the caller allows, was refused
+    /// at creation.
+    pub const DENY_SOCKET: Self = Self(12);
+    pub const COUNT: u32 = 13;
 
     /// Whether the counter records an allowed connection.
     pub const fn is_allow(self) -> bool {
@@ -384,6 +399,7 @@ impl Counter {
         "wire_loopback",
         "events_lost",
         "allow_exempt",
+        "deny_socket",
     ];
 }
 
@@ -461,7 +477,37 @@ impl Hook {
     pub const SENDMSG4: Self = Self(3);
     pub const SENDMSG6: Self = Self(4);
     pub const WIRE: Self = Self(5);
+    /// Socket creation (`cgroup/sock_create`, `lsm_cgroup/socket_create`). The flow's
+    /// `family` is 4 or 6 (AF_INET, AF_INET6), `port` the socket type and `proto` its
+    /// protocol; or `family` 17 (AF_PACKET), `port` the EtherType and `proto` the socket
+    /// type. The address is zero.
+    pub const SOCKET: Self = Self(6);
 }
+
+/// Socket kinds that bypass the address hooks (a bit set): the value of [`maps::SOCKETS`].
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketKinds(pub u32);
+
+impl SocketKinds {
+    pub const NONE: Self = Self(0);
+    /// `SOCK_RAW` of AF_INET or AF_INET6, any protocol: hand-built headers to anywhere.
+    pub const RAW: Self = Self(1);
+    /// ICMP "ping" sockets (`SOCK_DGRAM`, `IPPROTO_ICMP` / `IPPROTO_ICMPV6`).
+    pub const ICMP: Self = Self(2);
+    /// AF_PACKET sockets: whole frames handed to a device, below IP.
+    pub const PACKET: Self = Self(4);
+
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+/// `AF_PACKET` (the family of packet sockets, in [`FlowKey::family`] for [`Hook::SOCKET`]).
+pub const AF_PACKET: u8 = 17;
 
 /// What happened to a flow.
 #[repr(transparent)]
@@ -550,4 +596,5 @@ mod pod {
     unsafe impl aya::Pod for super::SourceRecord {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStat {}
+    unsafe impl aya::Pod for super::SocketKinds {}
 }

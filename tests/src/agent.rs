@@ -286,6 +286,16 @@ impl Agent {
         }
     }
 
+    /// `egress-agent status` (the text) of this agent.
+    pub fn status_text(&self) -> String {
+        let out = Command::new(binary())
+            .args(["status", "--state-dir"])
+            .arg(&self.state_dir)
+            .output()
+            .expect("run egress-agent status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `egress-agent maps` (the table) on this agent's pins.
     pub fn maps_text(&self) -> String {
         let out = Command::new(binary())

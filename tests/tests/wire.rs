@@ -3,6 +3,9 @@
 //! loopback address pushed out of a real device, an ICMP "ping" socket — are dropped, and
 //! nothing of them reaches the wire; ordinary traffic, inbound connections included, is
 //! untouched.
+//!
+//! The policy here allows raw and ICMP sockets (which are otherwise refused at creation, see
+//! bypass.rs): the wire check is the second line, for sockets the first one let through.
 
 use std::{
     io::{Read as _, Write as _},
@@ -33,7 +36,9 @@ fn enforcing() -> (World, Agent) {
     zone.set("api.allowed.test", &[A4, A6], 300);
     World::enforcing(
         zone,
-        &native("  - hosts: [api.allowed.test]\n    ports: [80, 9999]\n    protocol: ANY\n"),
+        &native(
+            "  - hosts: [api.allowed.test]\n    ports: [80, 9999]\n    protocol: ANY\n  - sockets: [raw, icmp]\n",
+        ),
         &[],
     )
 }

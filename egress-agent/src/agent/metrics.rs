@@ -152,11 +152,12 @@ impl Collector for KernelCollector {
             ("deny", "wrong_port", KernelCounter::DENY_PORT),
             ("deny", "wrong_protocol", KernelCounter::DENY_PROTOCOL),
             ("deny", "internal", KernelCounter::DENY_INTERNAL),
+            ("deny", "socket", KernelCounter::DENY_SOCKET),
         ];
         family(
             &mut encoder,
             "egress_verdicts",
-            "Connections and datagrams judged at the syscall hooks, by verdict and reason",
+            "Connections, datagrams and address-less sockets (raw, ICMP, packet) judged at the syscall hooks, by verdict and reason",
             MetricType::Counter,
             verdicts.iter().map(|&(v, r, k)| {
                 (

@@ -218,6 +218,23 @@ async fn track_pods(
     )))
 }
 
+/// Whether packet sockets can be refused on this node (the BPF LSM is active); if not, why.
+/// Raw and ICMP sockets are refused on every supported kernel (`cgroup/sock_create`).
+fn packet_socket_coverage() -> Result<(), String> {
+    let gap = match kernel::bpf_lsm_active() {
+        Ok(true) => return Ok(()),
+        Ok(false) => "packet sockets (AF_PACKET) are not refused: the BPF LSM is not active on \
+             this kernel (boot with `bpf` in lsm=); a workload holding CAP_NET_RAW can send \
+             frames no hook judges — drop CAP_NET_RAW from pods"
+            .to_owned(),
+        Err(e) => format!(
+            "packet sockets (AF_PACKET) are not refused: cannot tell whether the BPF LSM is \
+             active ({e}); drop CAP_NET_RAW from pods"
+        ),
+    };
+    Err(gap)
+}
+
 /// Loads the programs, fills the maps for `policy` and attaches.
 async fn enforce(
     config: &AgentConfig,
@@ -225,13 +242,28 @@ async fn enforce(
     cgroup: &Cgroup,
     dns_servers: Vec<SocketAddr>,
     (policy, text): (Policy, &str),
-    status: status::Status,
+    mut status: status::Status,
     observers: Observers,
 ) -> Result<(Controller, EventMaps, bpf::Generation), AgentError> {
     for note in &policy.notes {
         tracing::info!(note = %note, "policy note");
     }
-    let (mut loaded, maps) = bpf::load(pins, config.max_entries, config.event_buffer)?;
+    let (mut loaded, maps) = bpf::load(
+        pins,
+        config.max_entries,
+        config.event_buffer,
+        packet_socket_coverage()
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str),
+    )?;
+    match &loaded.packet_sockets {
+        Ok(()) => tracing::info!("packet sockets (AF_PACKET) are refused at creation"),
+        Err(gap) => {
+            tracing::warn!("{gap}");
+            status.gaps.push(gap.clone());
+        }
+    }
     let events = loaded.take_event_maps().map_err(LoadError::from)?;
     let previous = previous_generation(pins, &loaded.generation);
     let upstream = Upstream::new(dns_servers.clone(), config.dns_timeout)?;
@@ -348,7 +380,15 @@ fn fail_closed(config: &AgentConfig, pins: &Pins, cgroup: &Cgroup) -> Result<Str
         tracing::warn!("{msg}");
         return Ok(msg);
     }
-    let (mut loaded, maps) = bpf::load(pins, config.max_entries, config.event_buffer)?;
+    let (mut loaded, maps) = bpf::load(
+        pins,
+        config.max_entries,
+        config.event_buffer,
+        packet_socket_coverage()
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str),
+    )?;
     let mut reconciler = Reconciler::new(maps)?;
     let deny_all = crate::enforce::compute(&Policy::default(), &HostCache::default(), &[], now());
     reconciler.apply(&deny_all)?;

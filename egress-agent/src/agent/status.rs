@@ -33,6 +33,9 @@ pub struct Status {
     pub hosts: usize,
     /// Conditions that keep the agent from enforcing exactly its policy.
     pub problems: Vec<String>,
+    /// What this node's kernel does not let the agent enforce at all (fixed for the run).
+    #[serde(default)]
+    pub gaps: Vec<String>,
     /// Where the Prometheus endpoint listens (`--metrics`), as bound.
     #[serde(default)]
     pub metrics: Option<String>,

@@ -72,6 +72,47 @@ pub fn running_release() -> Result<String, KernelError> {
         .map_err(|e| KernelError::Unknown(e.to_string()))
 }
 
+/// Whether the BPF LSM is among the kernel's active security modules, which is what makes
+/// `lsm_cgroup` programs run at all (a kernel built with it but booted without `bpf` in
+/// `lsm=` would accept the program and never call it). Read from securityfs; where it is
+/// not mounted (containers), a private mount of it is read and dropped.
+pub fn bpf_lsm_active() -> Result<bool, String> {
+    const LSM: &str = "/sys/kernel/security/lsm";
+    let list = match std::fs::read_to_string(LSM) {
+        Ok(list) => list,
+        Err(_) => read_private_securityfs()?,
+    };
+    Ok(list.trim().split(',').any(|m| m == "bpf"))
+}
+
+fn read_private_securityfs() -> Result<String, String> {
+    use std::ffi::CString;
+    let dir = std::env::temp_dir().join(format!("egress-agent-securityfs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let c_dir = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let fs = c"securityfs";
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            c_dir.as_ptr(),
+            fs.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_dir(&dir);
+        return Err(format!("securityfs is not mounted and cannot be ({e})"));
+    }
+    let list = std::fs::read_to_string(dir.join("lsm"));
+    // SAFETY: the mount made above.
+    unsafe { libc::umount2(c_dir.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(&dir);
+    list.map_err(|e| format!("securityfs lsm: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

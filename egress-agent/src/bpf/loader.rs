@@ -11,7 +11,8 @@ use aya::{
 };
 use egress_common::{
     AllowEntry, CIDR_V4_KEY, CIDR_V6_KEY, CLASS_SLOTS, ClassId, Config, Counter, FLOW_SLOTS,
-    FlowKey, FlowStat, PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, maps, programs,
+    FlowKey, FlowStat, PortRanges, PortSetId, SocketKinds, SourceId, SourceRecord, V4Key, V6Key,
+    maps, programs,
 };
 
 use super::{
@@ -61,6 +62,10 @@ pub enum AttachError {
 pub struct Loaded {
     ebpf: aya::Ebpf,
     pub generation: Generation,
+    /// The programs loaded, in attach order.
+    names: Vec<&'static str>,
+    /// Whether packet sockets are refused (the LSM program loaded), or why not.
+    pub packet_sockets: Result<(), String>,
 }
 
 /// The maps that carry denials to user space: the ring buffer of events (not pinned: each
@@ -84,6 +89,7 @@ fn expected_layout(name: &str) -> (usize, usize, bool) {
         maps::SOURCES => (size_of::<SourceId>(), size_of::<SourceRecord>(), true),
         maps::FLOWS => (size_of::<FlowKey>(), size_of::<FlowStat>(), false),
         maps::CLASSES => (size_of::<u64>(), size_of::<ClassId>(), false),
+        maps::SOCKETS => (size_of::<ClassId>(), size_of::<SocketKinds>(), false),
         _ => (0, 0, false),
     }
 }
@@ -94,7 +100,7 @@ fn fixed_capacity(name: &str) -> Option<u32> {
         maps::CONFIG => Some(1),
         maps::COUNTERS => Some(Counter::COUNT),
         maps::FLOWS => Some(FLOW_SLOTS),
-        maps::CLASSES => Some(CLASS_SLOTS),
+        maps::CLASSES | maps::SOCKETS => Some(CLASS_SLOTS),
         _ => None,
     }
 }
@@ -140,11 +146,13 @@ fn check_pinned(generation: &Generation) -> Result<(), LoadError> {
 }
 
 /// Loads the object, creating the generation's maps or reusing them when pinned, and loads
-/// (verifies) every program. Nothing is attached yet.
+/// (verifies) every program — where `packet_sockets` is `Ok` (the BPF LSM is active), the
+/// LSM program that refuses packet sockets too. Nothing is attached yet.
 pub fn load(
     pins: &Pins,
     max_entries: u32,
     event_buffer: u32,
+    packet_sockets: Result<(), &str>,
 ) -> Result<(Loaded, PinnedMaps), LoadError> {
     if !object::present() {
         return Err(LoadError::NoObject);
@@ -168,31 +176,75 @@ pub fn load(
     }
     loader.map_max_entries(maps::EVENTS, event_buffer);
     let mut ebpf = loader.load(object::OBJECT)?;
-    for name in programs::ALL {
+    let mut names = programs::ALL.to_vec();
+    for &name in &names {
         let loaded = match ebpf.program_mut(name) {
             Some(Program::CgroupSockAddr(p)) => p.load(),
             Some(Program::CgroupSkb(p)) => p.load(),
+            Some(Program::CgroupSock(p)) => p.load(),
             _ => Err(ProgramError::UnexpectedProgramType),
         };
         loaded.map_err(|source| LoadError::Program { name, source })?;
-        // The verifier's work is what start-up waits for (and a budget the programs must
-        // stay well within on every kernel).
-        let info = match ebpf.program(name) {
-            Some(Program::CgroupSockAddr(p)) => p.info().ok(),
-            Some(Program::CgroupSkb(p)) => p.info().ok(),
-            _ => None,
-        };
-        if let Some(i) = info {
-            tracing::debug!(
-                program = name,
-                verified_instructions = i.verified_instruction_count(),
-                bytes = i.size_translated(),
-                "loaded"
-            );
-        }
+        log_loaded(&ebpf, name);
     }
+    // The packet-socket program is the one optional part: a kernel may lack the BPF LSM's
+    // cgroup attachment, or a security policy of the host may refuse LSM programs. Either
+    // way the rest is enforced and the gap is reported, never hidden.
+    let packet_sockets = match packet_sockets {
+        Ok(()) => match load_packet_socket(&mut ebpf) {
+            Ok(()) => {
+                names.insert(1, programs::PACKET_SOCKET);
+                log_loaded(&ebpf, programs::PACKET_SOCKET);
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "packet sockets (AF_PACKET) are not refused: the kernel refused the LSM program \
+                 ({e}); a workload holding CAP_NET_RAW can send frames no hook judges — drop \
+                 CAP_NET_RAW from pods"
+            )),
+        },
+        Err(gap) => Err(gap.to_owned()),
+    };
     let maps = PinnedMaps::from_maps(|name| ebpf.take_map(name), max_entries)?;
-    Ok((Loaded { ebpf, generation }, maps))
+    Ok((
+        Loaded {
+            ebpf,
+            generation,
+            names,
+            packet_sockets,
+        },
+        maps,
+    ))
+}
+
+fn load_packet_socket(ebpf: &mut aya::Ebpf) -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    match ebpf.program_mut(programs::PACKET_SOCKET) {
+        Some(Program::LsmCgroup(p)) => p
+            .load(programs::PACKET_SOCKET_HOOK, &btf)
+            .map_err(|e| format!("{e}")),
+        _ => Err("not in the object".to_owned()),
+    }
+}
+
+/// The verifier's work is what start-up waits for (and a budget the programs must stay well
+/// within on every kernel).
+fn log_loaded(ebpf: &aya::Ebpf, name: &str) {
+    let info = match ebpf.program(name) {
+        Some(Program::CgroupSockAddr(p)) => p.info().ok(),
+        Some(Program::CgroupSkb(p)) => p.info().ok(),
+        Some(Program::CgroupSock(p)) => p.info().ok(),
+        Some(Program::LsmCgroup(p)) => p.info().ok(),
+        _ => None,
+    };
+    if let Some(i) = info {
+        tracing::debug!(
+            program = name,
+            verified_instructions = i.verified_instruction_count(),
+            bytes = i.size_translated(),
+            "loaded"
+        );
+    }
 }
 
 /// How a program came to be attached.
@@ -238,7 +290,7 @@ impl Loaded {
             source,
         })?;
         let mut report = Vec::new();
-        for name in programs::ALL {
+        for name in self.names.clone() {
             let program = self.ebpf.program_mut(name).expect("loaded in load()");
             let path = pins.link_path(cgroup.id, name);
             if path.exists() {
@@ -290,6 +342,19 @@ impl Loaded {
                         .try_into()
                         .map_err(pin_err)?
                 }
+                Program::CgroupSock(p) => {
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    p.take_link(id)
+                        .map_err(attach_err)?
+                        .try_into()
+                        .map_err(pin_err)?
+                }
+                Program::LsmCgroup(p) => {
+                    let id = p.attach(&cgroup_file).map_err(attach_err)?;
+                    p.take_link(id).map_err(attach_err)?.into()
+                }
                 _ => return Err(attach_err(ProgramError::UnexpectedProgramType)),
             };
             link.pin(&path).map_err(|e| AttachError::Pin {
@@ -311,11 +376,13 @@ impl Loaded {
     }
 }
 
-/// The fd of one of the agent's programs (both kinds it loads).
+/// The fd of one of the agent's programs (the four kinds it loads).
 fn program_fd(program: &Program) -> Result<&ProgramFd, ProgramError> {
     match program {
         Program::CgroupSockAddr(p) => p.fd(),
         Program::CgroupSkb(p) => p.fd(),
+        Program::CgroupSock(p) => p.fd(),
+        Program::LsmCgroup(p) => p.fd(),
         _ => Err(ProgramError::UnexpectedProgramType),
     }
 }

@@ -12,7 +12,8 @@ use aya::{
 };
 use egress_common::{
     AllowEntry, CIDR_V4_KEY, CIDR_V6_KEY, CLASS_BITS, CLASS_SLOTS, ClassId, Config, Counter,
-    PortRanges, PortSetId, SourceId, SourceRecord, V4Key, V6Key, cidr_v4_key, cidr_v6_key, maps,
+    PortRanges, PortSetId, SocketKinds, SourceId, SourceRecord, V4Key, V6Key, cidr_v4_key,
+    cidr_v6_key, maps,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -30,6 +31,7 @@ pub struct PinnedMaps {
     counters: PerCpuArray<MapData, u64>,
     sources: HashMap<MapData, SourceId, SourceRecord>,
     classes: HashMap<MapData, u64, ClassId>,
+    sockets: HashMap<MapData, ClassId, SocketKinds>,
     max_entries: u32,
 }
 
@@ -67,6 +69,7 @@ impl PinnedMaps {
             counters: typed(&mut take, maps::COUNTERS)?,
             sources: typed(&mut take, maps::SOURCES)?,
             classes: typed(&mut take, maps::CLASSES)?,
+            sockets: typed(&mut take, maps::SOCKETS)?,
             max_entries,
         })
     }
@@ -288,6 +291,27 @@ impl MapStore for PinnedMaps {
             maps::CLASSES,
             cgroup_id.to_string(),
             self.classes.remove(&cgroup_id),
+        )
+    }
+
+    fn read_sockets(&self) -> Result<BTreeMap<ClassId, SocketKinds>, StoreError> {
+        self.sockets
+            .iter()
+            .map(|item| item.map_err(|e| syscall("read", maps::SOCKETS, String::new(), e)))
+            .collect()
+    }
+
+    fn put_sockets(&mut self, class: ClassId, kinds: SocketKinds) -> Result<(), StoreError> {
+        self.sockets
+            .insert(class, kinds, 0)
+            .map_err(|e| insert_error(maps::SOCKETS, format!("{:x}", class.0), CLASS_SLOTS, e))
+    }
+
+    fn remove_sockets(&mut self, class: ClassId) -> Result<(), StoreError> {
+        removed(
+            maps::SOCKETS,
+            format!("{:x}", class.0),
+            self.sockets.remove(&class),
         )
     }
 

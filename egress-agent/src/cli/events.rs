@@ -105,6 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn row(r: &FlowRecord) -> String {
     let at = std::time::UNIX_EPOCH + Duration::from_millis(r.last_seen_ms);
     let destination = match r.destination {
+        _ if r.hook == "socket" => format!("{} socket, protocol {} (socket)", r.family, r.protocol),
         std::net::IpAddr::V6(a) => format!("[{a}]:{}/{} ({})", r.port, r.protocol, r.hook),
         a => format!("{a}:{}/{} ({})", r.port, r.protocol, r.hook),
     };

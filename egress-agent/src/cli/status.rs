@@ -83,5 +83,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for p in &s.problems {
         println!("problem: {p}");
     }
+    for g in &s.gaps {
+        println!("not enforced on this node: {g}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,7 @@ use std::{
 
 use egress_common::{
     AllowEntry, ClassId, Config, DefaultAction, MAX_CLASS_LEVELS, MAX_SOURCES, PortRanges,
-    PortSetId, ResolveStatus, SourceId, SourceKind, SourceRecord,
+    PortSetId, ResolveStatus, SocketKinds, SourceId, SourceKind, SourceRecord,
 };
 use ipnet::IpNet;
 
@@ -43,6 +43,9 @@ pub struct Desired {
     pub config: Config,
     /// The class of each pod cgroup the agent placed (empty when no rule is scoped).
     pub classes: BTreeMap<u64, ClassId>,
+    /// The address-less socket kinds each class may create: always the node-wide class, and
+    /// every other class whose rules allow more.
+    pub sockets: BTreeMap<ClassId, SocketKinds>,
     /// Destinations whose ports need more ranges than a port set holds, with the labels of
     /// their sources. They get an entry that allows no port at all: failing closed, never
     /// falling back to the default action or to a wider prefix.
@@ -258,10 +261,16 @@ pub fn compute_for(
         ..Desired::default()
     };
     let base_entries = entries(policy.default_action, &base, ClassId::BASE, &mut desired);
+    let base_sockets = socket_kinds(policy, &node_wide);
+    desired.sockets.insert(ClassId::BASE, base_sockets);
     for (&class, selected) in classes.iter().filter(|(c, _)| **c != ClassId::BASE) {
         let mut rules = node_wide.clone();
         rules.extend(selected);
         rules.sort_unstable();
+        let kinds = socket_kinds(policy, &rules);
+        if kinds != base_sockets {
+            desired.sockets.insert(class, kinds);
+        }
         let full = contributions(policy, &rules, hosts, &resolvers, now);
         let mut scratch = Desired::default();
         let own = entries(policy.default_action, &full, class, &mut scratch);
@@ -277,6 +286,15 @@ pub fn compute_for(
             .map(|(t, e)| (EntryKey::new(ClassId::BASE, t), e)),
     );
     desired
+}
+
+/// The socket kinds these rules allow (socket rules only allow; see the native schema).
+fn socket_kinds(policy: &Policy, rules: &[usize]) -> SocketKinds {
+    rules
+        .iter()
+        .map(|&i| &policy.rules[i])
+        .filter(|r| r.action == Action::Allow)
+        .fold(SocketKinds::NONE, |k, r| k.union(r.sockets))
 }
 
 /// A class's id: a hash of its scoped rules (their labels and places in the file), never

@@ -22,7 +22,8 @@ use std::{
 };
 
 use egress_common::{
-    AllowEntry, CLASS_SLOTS, ClassId, Config, PortRanges, PortSetId, SourceId, SourceRecord, maps,
+    AllowEntry, CLASS_SLOTS, ClassId, Config, PortRanges, PortSetId, SocketKinds, SourceId,
+    SourceRecord, maps,
 };
 
 use super::{Desired, EntryKey, Target};
@@ -83,6 +84,9 @@ pub trait MapStore {
     fn read_classes(&self) -> Result<BTreeMap<u64, ClassId>, StoreError>;
     fn put_class(&mut self, cgroup_id: u64, class: ClassId) -> Result<(), StoreError>;
     fn remove_class(&mut self, cgroup_id: u64) -> Result<(), StoreError>;
+    fn read_sockets(&self) -> Result<BTreeMap<ClassId, SocketKinds>, StoreError>;
+    fn put_sockets(&mut self, class: ClassId, kinds: SocketKinds) -> Result<(), StoreError>;
+    fn remove_sockets(&mut self, class: ClassId) -> Result<(), StoreError>;
 }
 
 /// Name of the map an entry key lives in.
@@ -122,6 +126,7 @@ pub struct Reconciler<S> {
     sources: BTreeMap<SourceId, SourceRecord>,
     config: Config,
     classes: BTreeMap<u64, ClassId>,
+    sockets: BTreeMap<ClassId, SocketKinds>,
     /// Port sets no entry refers to, and since when.
     retired: BTreeMap<PortSetId, Instant>,
     retirement: Duration,
@@ -136,6 +141,7 @@ impl<S: MapStore> Reconciler<S> {
             sources: store.read_sources()?,
             config: store.read_config()?,
             classes: store.read_classes()?,
+            sockets: store.read_sockets()?,
             store,
             retired: BTreeMap::new(),
             retirement: PORT_SET_RETIREMENT,
@@ -259,6 +265,14 @@ impl<S: MapStore> Reconciler<S> {
                 self.entries.insert(*key, *entry);
             }
         }
+        // A class's socket kinds are in before its pods are placed, and removed after.
+        for (&class, &kinds) in &desired.sockets {
+            if self.sockets.get(&class) != Some(&kinds)
+                && note(self.store.put_sockets(class, kinds))
+            {
+                self.sockets.insert(class, kinds);
+            }
+        }
         // Cgroups move to their classes once those classes' entries are in, and the
         // configuration (which says whether classes are looked up at all) follows.
         for (&cgroup, &class) in &desired.classes {
@@ -280,6 +294,17 @@ impl<S: MapStore> Reconciler<S> {
         for cgroup in stale {
             if note(self.store.remove_class(cgroup)) {
                 self.classes.remove(&cgroup);
+            }
+        }
+        let stale: Vec<ClassId> = self
+            .sockets
+            .keys()
+            .filter(|k| !desired.sockets.contains_key(k))
+            .copied()
+            .collect();
+        for class in stale {
+            if note(self.store.remove_sockets(class)) {
+                self.sockets.remove(&class);
             }
         }
 
@@ -450,6 +475,7 @@ pub struct MemoryStore {
     pub sources: BTreeMap<SourceId, SourceRecord>,
     pub config: Config,
     pub classes: BTreeMap<u64, ClassId>,
+    pub sockets: BTreeMap<ClassId, SocketKinds>,
     /// Every write, in order: `put <key>`, `remove <key>`, `config`, `put-source`…
     pub log: Vec<String>,
     /// Fail the first write logged as this (`put 192.0.2.2`…), once, to test partial
@@ -512,6 +538,23 @@ impl MapStore for MemoryStore {
     fn remove_class(&mut self, cgroup_id: u64) -> Result<(), StoreError> {
         self.write(format!("remove-class {cgroup_id}"))?;
         self.classes.remove(&cgroup_id);
+        Ok(())
+    }
+    fn read_sockets(&self) -> Result<BTreeMap<ClassId, SocketKinds>, StoreError> {
+        Ok(self.sockets.clone())
+    }
+    fn put_sockets(&mut self, class: ClassId, kinds: SocketKinds) -> Result<(), StoreError> {
+        self.write(format!(
+            "put-sockets {} {}",
+            super::class_name(class),
+            kinds.0
+        ))?;
+        self.sockets.insert(class, kinds);
+        Ok(())
+    }
+    fn remove_sockets(&mut self, class: ClassId) -> Result<(), StoreError> {
+        self.write(format!("remove-sockets {}", super::class_name(class)))?;
+        self.sockets.remove(&class);
         Ok(())
     }
     fn put_entry(&mut self, key: &EntryKey, value: &AllowEntry) -> Result<(), StoreError> {

@@ -167,7 +167,11 @@ impl FlowTable {
                 last_seen_ms: at_ms,
                 count: 0,
                 verdict: verdict_name(key.verdict).to_owned(),
-                reason: reason_name(key.reason).to_owned(),
+                reason: if key.hook == Hook::SOCKET {
+                    socket_kind_name(&key).to_owned()
+                } else {
+                    reason_name(key.reason).to_owned()
+                },
                 hook: hook_name(key.hook).to_owned(),
                 family: family_name(&key).to_owned(),
                 destination: destination(&key),
@@ -213,8 +217,21 @@ impl FlowTable {
 fn family_name(key: &FlowKey) -> &'static str {
     match key.hook {
         Hook::CONNECT6 | Hook::SENDMSG6 => "inet6",
-        Hook::WIRE if key.family == 6 => "inet6",
+        Hook::WIRE | Hook::SOCKET if key.family == 6 => "inet6",
+        Hook::SOCKET if key.family == egress_common::AF_PACKET => "packet",
         _ => "inet",
+    }
+}
+
+/// Why a socket was refused at creation: its kind (the flow's `port` is the socket type).
+pub fn socket_kind_name(key: &FlowKey) -> &'static str {
+    const SOCK_RAW: u16 = 3;
+    if key.family == egress_common::AF_PACKET {
+        "packet_socket"
+    } else if key.port == SOCK_RAW {
+        "raw_socket"
+    } else {
+        "icmp_socket"
     }
 }
 
@@ -251,6 +268,7 @@ pub fn reason_name(reason: u8) -> &'static str {
         Counter::DENY_PROTOCOL => "wrong_protocol",
         Counter::DENY_INTERNAL => "internal",
         Counter::WIRE_LOOPBACK => "loopback_off_device",
+        Counter::DENY_SOCKET => "socket",
         _ => "unknown",
     }
 }
@@ -262,6 +280,7 @@ pub fn hook_name(hook: Hook) -> &'static str {
         Hook::SENDMSG4 => "sendmsg4",
         Hook::SENDMSG6 => "sendmsg6",
         Hook::WIRE => "wire",
+        Hook::SOCKET => "socket",
         _ => "unknown",
     }
 }

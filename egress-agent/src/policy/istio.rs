@@ -259,6 +259,7 @@ pub fn apply_service_entry(
         hosts: host_names,
         nets,
         ports: service_ports,
+        sockets: egress_common::SocketKinds::NONE,
         scope: scope.clone(),
     });
 
@@ -324,6 +325,7 @@ pub fn apply_service_entry(
             hosts,
             nets,
             ports,
+            sockets: egress_common::SocketKinds::NONE,
             scope: scope.clone(),
         });
     }

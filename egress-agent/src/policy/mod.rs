@@ -57,6 +57,8 @@ pub struct Rule {
     /// Literal addresses (as /32 or /128) and prefixes. IPv4-mapped IPv6 is stored as IPv4.
     pub nets: Vec<IpNet>,
     pub ports: PortSet,
+    /// Kinds of address-less sockets (raw, ICMP, packet) it allows the pods to create.
+    pub sockets: egress_common::SocketKinds,
     /// The pods it applies to (every pod of the node by default).
     pub scope: Scope,
 }

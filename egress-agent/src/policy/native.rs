@@ -16,12 +16,18 @@
 //!     namespaces: [team-a] # optional: only pods of these namespaces
 //!     podSelector:         # optional: only pods these labels select (Kubernetes syntax)
 //!       matchLabels: {app: web}
+//!   - name: ping           # a socket rule: kinds of sockets no address hook can judge
+//!     sockets: [icmp]      # icmp (ping sockets) | raw (SOCK_RAW) | packet (AF_PACKET)
+//!     namespaces: [monitoring]
 //! ```
 //!
-//! A rule without `namespaces` and `podSelector` applies to every pod of the node.
+//! A rule without `namespaces` and `podSelector` applies to every pod of the node. Raw, ICMP
+//! and packet sockets are refused at creation unless a socket rule allows them; a socket rule
+//! names nothing else (no hosts, cidrs, ports, protocol) and only allows.
 
 use std::net::IpAddr;
 
+use egress_common::SocketKinds;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -146,6 +152,26 @@ struct NativeRule {
     namespaces: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pod_selector: Option<SelectorSpec>,
+    #[serde(default, deserialize_with = "present")]
+    sockets: Option<Vec<NativeSocket>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum NativeSocket {
+    Raw,
+    Icmp,
+    Packet,
+}
+
+impl From<NativeSocket> for SocketKinds {
+    fn from(s: NativeSocket) -> Self {
+        match s {
+            NativeSocket::Raw => Self::RAW,
+            NativeSocket::Icmp => Self::ICMP,
+            NativeSocket::Packet => Self::PACKET,
+        }
+    }
 }
 
 pub fn apply(
@@ -195,6 +221,7 @@ pub fn apply(
             protocol,
             namespaces,
             pod_selector,
+            sockets,
         } = rule.value;
         let namespaces = match namespaces {
             None => None,
@@ -221,13 +248,54 @@ pub fn apply(
                 PolicyError::invalid(file, at, format!("rules[{i}].podSelector.{field}"), m)
             })?,
         };
+        let label = format!("rule {}", name.unwrap_or_else(|| format!("#{}", i + 1)));
+        if let Some(kinds) = sockets {
+            let field = format!("rules[{i}].sockets");
+            if matches!(action, Some(NativeAction::Deny)) {
+                return Err(PolicyError::invalid(
+                    file,
+                    at,
+                    field,
+                    "raw, ICMP and packet sockets are refused unless a rule allows them; a deny rule cannot name them",
+                ));
+            }
+            if hosts.is_some() || cidrs.is_some() || ports.is_some() || protocol.is_some() {
+                return Err(PolicyError::invalid(
+                    file,
+                    at,
+                    field,
+                    "a socket rule allows kinds of sockets wherever they send; it cannot also name hosts, cidrs, ports or a protocol (write those in a rule of their own)",
+                ));
+            }
+            if kinds.is_empty() {
+                return Err(PolicyError::invalid(
+                    file,
+                    at,
+                    field,
+                    "`sockets: []` allows nothing; omit the rule",
+                ));
+            }
+            builder.rules.push(Rule {
+                at,
+                label,
+                action: Action::Allow,
+                hosts: Vec::new(),
+                nets: Vec::new(),
+                ports: PortSet::default(),
+                sockets: kinds
+                    .into_iter()
+                    .fold(SocketKinds::NONE, |k, s| k.union(s.into())),
+                scope: Scope { namespaces, pods },
+            });
+            continue;
+        }
         let (hosts, cidrs) = (hosts.unwrap_or_default(), cidrs.unwrap_or_default());
         if hosts.is_empty() && cidrs.is_empty() {
             return Err(PolicyError::invalid(
                 file,
                 at,
                 format!("rules[{i}]"),
-                "the rule names no destination; give `hosts`, `cidrs` or both",
+                "the rule names no destination; give `hosts`, `cidrs` or both (or `sockets`)",
             ));
         }
         let action = action.map_or(Action::Allow, Action::from);
@@ -264,11 +332,12 @@ pub fn apply(
         }
         builder.rules.push(Rule {
             at,
-            label: format!("rule {}", name.unwrap_or_else(|| format!("#{}", i + 1))),
+            label,
             action,
             hosts,
             nets: cidrs.into_iter().map(|n| n.0).collect(),
             ports: set,
+            sockets: SocketKinds::NONE,
             scope: Scope { namespaces, pods },
         });
     }

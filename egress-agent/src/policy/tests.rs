@@ -395,3 +395,30 @@ rules:
     assert_eq!(p.rules[1].ports.to_string(), "443/TCP");
     assert_eq!(p.rules[2].ports.to_string(), "any/TCP");
 }
+
+#[test]
+fn socket_rules_are_allow_only_and_name_nothing_else() {
+    let native = "apiVersion: egress/v1\nkind: EgressPolicy\n";
+    let p = ok(&format!("{native}rules:\n  - sockets: [icmp, raw]\n"));
+    assert_eq!(
+        p.rules[0].sockets,
+        egress_common::SocketKinds::ICMP.union(egress_common::SocketKinds::RAW)
+    );
+    assert!(p.rules[0].hosts.is_empty() && p.rules[0].ports.is_empty());
+    let e = err(&format!(
+        "{native}rules:\n  - sockets: [icmp]\n    action: deny\n"
+    ));
+    assert!(
+        e.contains("policy.yaml:4:5") && e.contains("rules[0].sockets"),
+        "{e}"
+    );
+    assert!(e.contains("a deny rule cannot name them"), "{e}");
+    let e = err(&format!(
+        "{native}rules:\n  - sockets: [icmp]\n    hosts: [a.test]\n"
+    ));
+    assert!(e.contains("cannot also name hosts"), "{e}");
+    let e = err(&format!("{native}rules:\n  - sockets: []\n"));
+    assert!(e.contains("`sockets: []` allows nothing"), "{e}");
+    let e = err(&format!("{native}rules:\n  - sockets: [tun]\n"));
+    assert!(e.contains("unknown variant `tun`"), "{e}");
+}

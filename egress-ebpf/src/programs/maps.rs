@@ -9,7 +9,7 @@ use aya_ebpf::{
 use egress_common::{
     AllowEntry, CIDR_V4_KEY, CIDR_V6_KEY, CLASS_SLOTS, ClassId, Config, Counter,
     DEFAULT_EVENT_BUFFER, DEFAULT_MAX_ENTRIES, FLOW_SLOTS, FlowKey, FlowStat, PortRanges,
-    PortSetId, SourceId, SourceRecord, V4Key, V6Key,
+    PortSetId, SocketKinds, SourceId, SourceRecord, V4Key, V6Key,
 };
 
 // Hash maps are created without preallocation so that an update replaces an element through
@@ -55,3 +55,7 @@ pub static EGRESS_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER
 #[map(name = "EGRESS_FLOWS")]
 pub static EGRESS_FLOWS: LruPerCpuHashMap<FlowKey, FlowStat> =
     LruPerCpuHashMap::with_max_entries(FLOW_SLOTS, 0);
+
+#[map(name = "EGRESS_SOCKETS")]
+pub static EGRESS_SOCKETS: HashMap<ClassId, SocketKinds> =
+    HashMap::with_max_entries(CLASS_SLOTS, BPF_F_NO_PREALLOC);

@@ -4,11 +4,13 @@
 //! - [`verdict`]: one judgement for every hook — a destination, its entry, its port set;
 //! - [`sock_addr`]: the connect/sendmsg hooks (the syscall fails with EPERM);
 //! - [`wire`]: the cgroup_skb/egress check of the packets that actually leave;
+//! - [`sock_create`]: raw and ICMP sockets refused at creation (no address hook sees them);
 //! - [`report`]: counters, and events for denials.
 
 mod maps;
 mod report;
 mod sock_addr;
+mod sock_create;
 mod verdict;
 mod wire;
 

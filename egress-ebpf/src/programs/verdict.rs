@@ -91,6 +91,19 @@ impl Dest {
         }
     }
 
+    /// An address-less socket as a flow: `family` 4, 6 or 17 (AF_PACKET), the socket type in
+    /// `port`, its protocol in `proto`.
+    #[inline(always)]
+    pub fn socket(family: u8, ty: u16, proto: Proto) -> Self {
+        Self {
+            words: [0; 4],
+            family,
+            port: ty,
+            proto,
+            nat64: false,
+        }
+    }
+
     /// The 16 address bytes (IPv4 in the first four).
     #[inline(always)]
     pub fn bytes(&self) -> [u8; 16] {

@@ -25,6 +25,10 @@
 //!   datagram built by hand;
 //! - `udp-dstopts`: an IPv6 destination options header (PadN) on an unconnected socket,
 //!   sendto ADDR: ordinary traffic that must still pass.
+//! - `raw-socket`: only create a raw IPPROTO_UDP socket of ADDR's family;
+//! - `packet-socket`: only create an AF_PACKET socket (ADDR is ignored);
+//! - `uring-connect`: a TCP connect submitted through io_uring (IORING_OP_CONNECT);
+//! - `uring-sendmsg`: a UDP sendmsg with ADDR through io_uring (IORING_OP_SENDMSG).
 //!
 //! Bursts, for counting: `tcp-each ADDR:FIRST-LAST` connects once to every port of the
 //! range, `tcp-repeat ADDR,N` N times to one address; both succeed when every attempt was
@@ -424,6 +428,51 @@ fn run(op: &str, arg: &str) -> io::Result<()> {
             )?;
             sendto(&fd, &addr, 0)
         }
+        "raw-socket" => {
+            let addr = parse(arg)?;
+            let family = if addr.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            // SAFETY: plain syscall; the fd is closed right away.
+            let fd = unsafe {
+                libc::socket(
+                    family,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::IPPROTO_UDP,
+                )
+            };
+            check(fd as isize)?;
+            // SAFETY: the fd just made.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            Ok(())
+        }
+        "packet-socket" => {
+            let eth_p_all = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+            // SAFETY: plain syscall; the fd is closed right away.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    eth_p_all,
+                )
+            };
+            check(fd as isize)?;
+            // SAFETY: the fd just made.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            Ok(())
+        }
+        "uring-connect" | "uring-sendmsg" => {
+            let addr = parse(arg)?;
+            let ty = if op == "uring-connect" {
+                libc::SOCK_STREAM
+            } else {
+                libc::SOCK_DGRAM
+            };
+            let fd = socket(&addr, ty)?;
+            uring(&fd, &addr, op == "uring-connect")
+        }
         "icmp-ping" => {
             let addr = parse(arg)?;
             let (family, proto, echo) = if addr.is_ipv4() {
@@ -527,4 +576,40 @@ fn main() {
         };
         println!("{line}");
     }
+}
+
+/// One connect or sendmsg through an io_uring ring; the completion's result is the syscall's.
+fn uring(fd: &OwnedFd, addr: &SocketAddr, connect: bool) -> io::Result<()> {
+    use io_uring::{IoUring, opcode, types};
+    let mut ring = IoUring::new(4)?;
+    let (sa, len) = sockaddr(addr);
+    let payload = [b'x'];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: zero is a valid msghdr; the fields set point at live locals.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = &sa as *const _ as *mut libc::c_void;
+    msg.msg_namelen = len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let target = types::Fd(fd.as_raw_fd());
+    let entry = if connect {
+        opcode::Connect::new(target, &sa as *const _ as *const libc::sockaddr, len).build()
+    } else {
+        opcode::SendMsg::new(target, &msg).build()
+    };
+    // SAFETY: the sockaddr, msghdr and buffer outlive the submission (waited for below).
+    unsafe { ring.submission().push(&entry) }
+        .map_err(|_| io::Error::other("submission queue full"))?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| io::Error::other("no completion"))?;
+    if cqe.result() < 0 {
+        return Err(io::Error::from_raw_os_error(-cqe.result()));
+    }
+    Ok(())
 }

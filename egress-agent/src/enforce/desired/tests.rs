@@ -530,3 +530,44 @@ fn node_wide_policies_need_no_classes() {
     assert!(d.classes.is_empty());
     assert!(d.entries.keys().all(|k| k.class == ClassId::BASE));
 }
+
+/// Socket rules: the node-wide kinds in the node-wide class; a class whose scoped rules allow
+/// more gets its own entry; the unknown class gets only the node-wide kinds.
+#[test]
+fn socket_rules_give_each_class_its_kinds() {
+    let p = native(
+        "  - sockets: [icmp]\n  - sockets: [raw, packet]\n    namespaces: [monitoring]\n  - cidrs: [192.0.2.1]\n    namespaces: [team-a]\n",
+    );
+    let pod = |ns: &str| PodMeta {
+        namespace: ns.into(),
+        name: format!("{ns}-pod"),
+        labels: Default::default(),
+    };
+    let pods = Pods {
+        first_level: 2,
+        by_cgroup: [
+            (1, pod("monitoring")),
+            (2, pod("team-a")),
+            (3, pod("other")),
+        ]
+        .into(),
+        exempt: Default::default(),
+    };
+    let d = compute_for(&p, &HostCache::default(), &[], NOW, &pods);
+    assert_eq!(d.sockets[&ClassId::BASE], SocketKinds::ICMP);
+    let monitoring = d.classes[&1];
+    assert_eq!(
+        d.sockets[&monitoring],
+        SocketKinds::ICMP
+            .union(SocketKinds::RAW)
+            .union(SocketKinds::PACKET)
+    );
+    // team-a's class differs by addresses only: the kernel falls back to the node-wide kinds.
+    assert!(!d.sockets.contains_key(&d.classes[&2]));
+    let unknown = d.sockets.get(&d.config.unknown_class);
+    assert_eq!(
+        unknown.unwrap_or(&d.sockets[&ClassId::BASE]),
+        &SocketKinds::ICMP
+    );
+    assert_eq!(d.sockets.len(), 2, "{:?}", d.sockets);
+}
