@@ -133,6 +133,11 @@ impl Agent {
             .filter(|s| s.pid == self.pid())
     }
 
+    /// Whether the agent says it enforces (ready) right now; does not wait.
+    pub fn is_ready(&self) -> bool {
+        self.status_if_mine().is_some_and(|s| s.ready && s.running)
+    }
+
     /// Waits for the agent to enforce (ready), failing with its log if it exits or stalls.
     pub fn wait_ready(&mut self, timeout: Duration) -> Status {
         self.wait_for(timeout, "ready", |s| s.ready && s.running)

@@ -43,6 +43,8 @@ pub struct Zone {
     pub negative_ttl: u32,
     /// Answer SERVFAIL to everything.
     pub failing: bool,
+    /// Answer nothing at all (an upstream that is gone: every query times out).
+    pub silent: bool,
     /// Owner names in random case (0x20 style).
     pub random_case: bool,
 }
@@ -272,7 +274,11 @@ impl ZoneServer {
     fn handle(&self, bytes: &[u8]) -> Option<Vec<u8>> {
         let query = Message::from_vec(bytes).ok()?;
         self.queries.fetch_add(1, Ordering::Relaxed);
-        let response = self.zone.lock().unwrap().answer(&query);
+        let mut zone = self.zone.lock().unwrap();
+        if zone.silent {
+            return None;
+        }
+        let response = zone.answer(&query);
         response.to_vec().ok()
     }
 
