@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask <setup|demo|test|lint>`. Each one sets up what it needs
 //! first, so that a fresh machine needs nothing but this repository and rustup.
 
+mod fuzz;
 mod image;
 mod setup;
 mod vm;
@@ -47,6 +48,9 @@ enum Task {
     /// Build the agent statically and its container image (Dockerfile) with podman, and run
     /// `egress-agent --version` from the image (installs podman if missing).
     Image(image::ImageArgs),
+    /// Run the fuzz targets of tests/fuzz (cargo fuzz) for a bounded time each, after
+    /// replaying every saved regression input (installs cargo-fuzz if missing).
+    Fuzz(fuzz::FuzzArgs),
     /// Run the end-to-end suite on several kernels, each booted under QEMU (needs root to
     /// install QEMU; fetches Debian's cloud kernels).
     VmTest(vm::VmTestArgs),
@@ -83,6 +87,8 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("test: the image and the VM kernel matrix were not run");
                 return host;
             }
+            // A short fuzz run of every parser that takes outside input.
+            let host = host.and_then(|()| fuzz::run(&root, &fuzz::FuzzArgs::default()));
             // The image the manifests deploy: built, and started.
             let host = host.and_then(|()| {
                 setup::podman()?;
@@ -110,6 +116,10 @@ fn main() -> anyhow::Result<()> {
             setup::run(&root)?;
             setup::podman()?;
             image::run(&root, &args)
+        }
+        Task::Fuzz(args) => {
+            setup::run(&root)?;
+            fuzz::run(&root, &args)
         }
         Task::VmTest(args) => {
             setup::run(&root)?;

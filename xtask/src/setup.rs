@@ -42,7 +42,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
 }
 
 /// PATH with the project's tools first (cargo install warns about a root not on PATH).
-fn path_with_tools(root: &Path) -> OsString {
+pub fn path_with_tools(root: &Path) -> OsString {
     let mut path = OsString::from(root.join(".tools/bin"));
     if let Some(old) = std::env::var_os("PATH") {
         path.push(":");
@@ -171,6 +171,38 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
     )?;
     std::fs::write(&stamp, &major)?;
     Ok(())
+}
+
+/// cargo-fuzz release installed for `cargo xtask fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz, into `.tools/` (only the fuzz task needs it).
+pub fn cargo_fuzz(root: &Path) -> anyhow::Result<()> {
+    let tools = root.join(".tools");
+    let works = Command::new(tools.join("bin/cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)
+        });
+    if works {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--force",
+                "--root",
+            ])
+            .arg(&tools)
+            .env("PATH", path_with_tools(root)),
+    )
 }
 
 fn kubernetes_validate(root: &Path) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use hickory_resolver::{
     net::{DnsError, NetError, runtime::TokioRuntimeProvider},
     proto::{
         op::ResponseCode,
-        rr::{Name, RData, RecordType},
+        rr::{Name, RData, Record, RecordType},
     },
 };
 
@@ -44,8 +44,18 @@ pub fn servers_from_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, Upstream
         path: path.display().to_string(),
         source,
     })?;
-    let servers: Vec<SocketAddr> = text
-        .lines()
+    let servers = parse_resolv_conf(&text);
+    if servers.is_empty() {
+        return Err(UpstreamError::NoServers {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(servers)
+}
+
+/// The nameservers a resolv.conf text names (port 53), in order.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|rest| {
             // Drop an IPv6 zone (`fe80::1%eth0`): link-local upstreams are not supported.
@@ -54,13 +64,7 @@ pub fn servers_from_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, Upstream
                 .ok()
                 .map(|ip| SocketAddr::new(ip, 53))
         })
-        .collect();
-    if servers.is_empty() {
-        return Err(UpstreamError::NoServers {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(servers)
+        .collect()
 }
 
 impl Upstream {
@@ -110,36 +114,7 @@ impl Upstream {
 
     async fn query(&self, name: Name, rtype: RecordType) -> Outcome {
         match self.resolver.lookup(name, rtype).await {
-            Ok(lookup) => {
-                // A CNAME chain lasts as long as its shortest-lived link.
-                let chain_ttl = lookup
-                    .answers()
-                    .iter()
-                    .filter(|r| matches!(r.data, RData::CNAME(_)))
-                    .map(|r| r.ttl)
-                    .min()
-                    .unwrap_or(u32::MAX);
-                let addrs: Vec<(IpAddr, u32)> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| {
-                        let ip = match &r.data {
-                            RData::A(a) => IpAddr::V4(a.0),
-                            RData::AAAA(a) => IpAddr::V6(a.0),
-                            _ => return None,
-                        };
-                        Some((unmap_addr(ip), r.ttl.min(chain_ttl)))
-                    })
-                    .collect();
-                if addrs.is_empty() {
-                    Outcome::NoAddress {
-                        nxdomain: false,
-                        negative_ttl: None,
-                    }
-                } else {
-                    Outcome::Addresses(addrs)
-                }
-            }
+            Ok(lookup) => outcome_of_answers(lookup.answers()),
             Err(NetError::Dns(DnsError::NoRecordsFound(no))) => match no.response_code {
                 ResponseCode::NXDomain | ResponseCode::NoError => Outcome::NoAddress {
                     nxdomain: no.response_code == ResponseCode::NXDomain,
@@ -149,6 +124,37 @@ impl Upstream {
             },
             Err(e) => Outcome::Failed(format!("{rtype} query failed: {e}")),
         }
+    }
+}
+
+/// What an answer section says about a name: its addresses, each with the smallest TTL along
+/// the CNAME chain (a chain lasts as long as its shortest-lived link), IPv4-mapped IPv6 as
+/// IPv4. Everything the agent takes from a DNS message goes through here (fuzzed).
+pub fn outcome_of_answers(answers: &[Record]) -> Outcome {
+    let chain_ttl = answers
+        .iter()
+        .filter(|r| matches!(r.data, RData::CNAME(_)))
+        .map(|r| r.ttl)
+        .min()
+        .unwrap_or(u32::MAX);
+    let addrs: Vec<(IpAddr, u32)> = answers
+        .iter()
+        .filter_map(|r| {
+            let ip = match &r.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => return None,
+            };
+            Some((unmap_addr(ip), r.ttl.min(chain_ttl)))
+        })
+        .collect();
+    if addrs.is_empty() {
+        Outcome::NoAddress {
+            nxdomain: false,
+            negative_ttl: None,
+        }
+    } else {
+        Outcome::Addresses(addrs)
     }
 }
 
