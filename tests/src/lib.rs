@@ -20,6 +20,7 @@ pub mod kubeapi;
 pub mod netns;
 pub mod pod;
 pub mod probe;
+pub mod rogue;
 pub mod servers;
 pub mod sniffer;
 pub mod tls;

@@ -351,8 +351,8 @@ fn packet_sockets_are_refused_or_the_gap_is_reported() {
     }
 }
 
-/// A socket rule lets exactly its kinds through, and only for the pods it selects; the wire
-/// check still judges what such a socket sends.
+/// A socket rule lets exactly its kinds through; the wire check still judges where such a
+/// socket sends: only to addresses some rule allows.
 #[test]
 fn socket_rules_allow_their_kinds_only() {
     let mut zone = Zone::new();
@@ -373,11 +373,14 @@ fn socket_rules_allow_their_kinds_only() {
         &[
             ("raw-socket", &format!("{EVIL4}:0")),
             ("icmp-ping", &format!("{EVIL4}:0")),
+            ("icmp-ping", &format!("{A4}:0")),
         ],
     );
     assert!(r[0].denied(), "raw sockets are not allowed: {:?}", r[0]);
-    // The ping socket is made; its echo request to an unlisted host is dropped on the wire.
+    // The ping socket is made; its echo request to an unlisted host is dropped on the wire,
+    // the one to an allowed address (UDP 9999 there) leaves.
     assert!(r[1].denied(), "{:?}", r[1]);
+    assert!(r[2].ok, "{:?}", r[2]);
     let icmp: Vec<_> = world
         .sniffer
         .packets()
@@ -385,4 +388,55 @@ fn socket_rules_allow_their_kinds_only() {
         .filter(|p| p.proto == 1 && p.dst == EVIL4.parse::<std::net::IpAddr>().unwrap())
         .collect();
     assert!(icmp.is_empty(), "{icmp:?}");
+}
+
+/// BR-11: a socket is judged by the cgroup it was made in. Made in the pod and carried out
+/// of it (the process moves to the root cgroup), it is still refused; children of the pod's
+/// cgroup, one made after the agent attached included, are enforced alike; and a program
+/// attached below the enforced cgroup to allow everything cannot lift a denial: the agent's
+/// links are multi-attach, the kernel runs every program on the way down and a denial wins.
+#[test]
+fn sockets_keep_their_cgroup_children_are_covered_and_a_rogue_program_cannot_override() {
+    let (world, _agent) = enforcing();
+    let root_procs = egress_agent::bpf::fs::cgroup2_root()
+        .unwrap()
+        .join("cgroup.procs");
+    let r = probe::run(
+        &world.pod,
+        &[(
+            "tcp-moved",
+            &format!("{EVIL4}:443,{}", root_procs.display()),
+        )],
+    );
+    assert!(r[0].denied(), "a socket carried out of the pod: {:?}", r[0]);
+
+    for child in ["app", "sidecar", "debug"] {
+        let dir = world.cgroup.child(child).unwrap();
+        let r = probe::run_in(
+            &world.pod,
+            &dir,
+            &[
+                ("tcp", &format!("{EVIL4}:443")),
+                ("tcp", &format!("{A4}:443")),
+            ],
+        );
+        assert!(r[0].denied() && r[1].ok, "{child}: {r:?}");
+    }
+
+    let app = world.cgroup.child("app").unwrap();
+    let rogue = egress_tests::rogue::allow_all_connect4().expect("load the rogue program");
+    for flags in [
+        egress_tests::rogue::BPF_F_ALLOW_MULTI,
+        egress_tests::rogue::BPF_F_ALLOW_OVERRIDE,
+        0,
+    ] {
+        // Whether or not the kernel takes it, the denial must stand.
+        let attached = egress_tests::rogue::attach_connect4(&rogue, &app, flags);
+        let r = probe::run_in(&world.pod, &app, &[("tcp", &format!("{EVIL4}:443"))]);
+        assert!(
+            r[0].denied(),
+            "a rogue program (flags {flags}, attach {attached:?}) lifted a denial: {:?}",
+            r[0]
+        );
+    }
 }

@@ -86,7 +86,12 @@ pub fn run(root: &Path, args: &FuzzArgs) -> anyhow::Result<()> {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         if !saved.is_empty() {
             crate::run(

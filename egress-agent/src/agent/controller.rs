@@ -235,6 +235,29 @@ impl Controller {
         self.write_status();
     }
 
+    /// Drops the capabilities the loop does not need (see [`super::privileges`]). A failure
+    /// is reported, not fatal: enforcement does not depend on it.
+    pub(super) fn drop_privileges(&mut self) {
+        let effective = super::privileges::threads()
+            .first()
+            .map_or(0, |(_, c)| c.effective);
+        let keep = super::privileges::needed(effective);
+        match super::privileges::drop_all_but(keep) {
+            Ok(kept) => {
+                self.status.capabilities = format!("{kept:016x}");
+                tracing::info!(
+                    kept = format!("{kept:016x}"),
+                    "capabilities dropped to what the loop needs"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not drop capabilities");
+                self.status.capabilities = format!("not dropped: {e}");
+            }
+        }
+        self.write_status();
+    }
+
     pub(super) fn mark_ready(&mut self) {
         self.status.ready = true;
         self.write_status();

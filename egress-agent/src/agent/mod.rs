@@ -16,6 +16,7 @@ pub mod api;
 mod controller;
 mod limits;
 pub mod metrics;
+pub mod privileges;
 mod startup;
 pub mod status;
 mod watch;
@@ -145,5 +146,7 @@ pub async fn run(
         tracing::info!(address = %bound, "metrics at /metrics, health at /healthz and /readyz");
         controller.set_metrics_address(bound);
     }
+    // Everything that needs more than map access and re-attaching is done.
+    controller.drop_privileges();
     controller.run(shutdown).await
 }

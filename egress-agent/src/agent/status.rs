@@ -33,6 +33,9 @@ pub struct Status {
     pub hosts: usize,
     /// Conditions that keep the agent from enforcing exactly its policy.
     pub problems: Vec<String>,
+    /// The capability mask the running agent kept after start-up (hex), or why not.
+    #[serde(default)]
+    pub capabilities: String,
     /// What this node's kernel does not let the agent enforce at all (fixed for the run).
     #[serde(default)]
     pub gaps: Vec<String>,

@@ -118,7 +118,7 @@ fn judge(kind: SocketKinds, fam: u8, port: u16, proto: u8) -> i32 {
 
 /// The kind of an address-less socket, or `None` for the sockets the address hooks judge.
 #[inline(always)]
-fn kind_of(family: u32, ty: u32, protocol: u32) -> Option<SocketKinds> {
+pub fn kind_of(family: u32, ty: u32, protocol: u32) -> Option<SocketKinds> {
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
@@ -138,7 +138,7 @@ fn kind_of(family: u32, ty: u32, protocol: u32) -> Option<SocketKinds> {
 
 /// The kinds the class may create: its own entry, else the node-wide one, else none.
 #[inline(always)]
-fn allowed(class: ClassId) -> SocketKinds {
+pub fn allowed(class: ClassId) -> SocketKinds {
     // SAFETY (both): pointers from successful lookups, valid for this run.
     if let Some(k) = EGRESS_SOCKETS.get_ptr(class) {
         return unsafe { *k };

@@ -157,6 +157,24 @@ pub fn judge(d: &Dest, cfg: &Config, class: ClassId) -> Counter {
     }
 }
 
+/// Whether any protocol and port of `d`'s address is allowed to `class` (for raw and ping
+/// sockets, whose packets carry no port an entry could name).
+#[inline(always)]
+pub fn allows_address(d: &Dest, cfg: &Config, class: ClassId) -> bool {
+    let entry = lookup(d, class).or_else(|| {
+        if class == ClassId::BASE {
+            None
+        } else {
+            lookup(d, ClassId::BASE)
+        }
+    });
+    match entry {
+        // SAFETY: as in `judge`.
+        Some(entry) => unsafe { &*entry }.ports != PortSetId::NONE,
+        None => cfg.default_action == DefaultAction::ALLOW,
+    }
+}
+
 /// The entry for `d` among `class`'s: its exact address, else its longest prefix.
 #[inline(always)]
 fn lookup(d: &Dest, class: ClassId) -> Option<*const AllowEntry> {

@@ -200,6 +200,27 @@ fn own_traffic(skb: *const __sk_buff, proto: u8, is_peer: impl Fn(&Peer) -> bool
     }
 }
 
+/// The address-less kind (raw, ICMP) of the packet's socket, if it is one.
+#[inline(always)]
+fn socket_kind(skb: *const __sk_buff) -> Option<egress_common::SocketKinds> {
+    // SAFETY: as in `own_traffic`: null-checked socket pointers only.
+    unsafe {
+        let sk: *mut bpf_sock = (*skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return None;
+        }
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return None;
+        }
+        super::sock_create::kind_of(
+            field(addr_of!((*full).family)),
+            field(addr_of!((*full).type_)),
+            field(addr_of!((*full).protocol)),
+        )
+    }
+}
+
 /// An IP packet whose header cannot be read is not let through.
 #[inline(always)]
 fn unreadable() -> i32 {
@@ -219,6 +240,7 @@ fn finish(skb: *const __sk_buff, d: &Dest) -> i32 {
         report::count(Counter::DENY_INTERNAL);
         return DROP;
     };
+    let mut class = egress_common::ClassId::BASE;
     let verdict = if d.is_loopback() {
         // Loopback is allowed only on the loopback device.
         // SAFETY: as in `egress_wire`.
@@ -227,13 +249,22 @@ fn finish(skb: *const __sk_buff, d: &Dest) -> i32 {
         }
         Counter::WIRE_LOOPBACK
     } else {
-        let class = verdict::class_of(cfg, |level| {
+        class = verdict::class_of(cfg, |level| {
             // SAFETY: the skb is the program's context.
             unsafe { bpf_skb_ancestor_cgroup_id(skb.cast_mut(), level) }
         });
         verdict::judge(d, cfg, class)
     };
     if verdict.is_allow() {
+        return PASS;
+    }
+    // A raw or ping socket a socket rule allows may reach, with any protocol, the
+    // addresses some rule allows (some port of): its packets have no port an entry names.
+    if verdict.0 != Counter::WIRE_LOOPBACK.0
+        && let Some(kind) = socket_kind(skb)
+        && super::sock_create::allowed(class).contains(kind)
+        && verdict::allows_address(d, cfg, class)
+    {
         return PASS;
     }
     report::count(if verdict.0 == Counter::WIRE_LOOPBACK.0 {

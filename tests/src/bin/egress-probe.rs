@@ -30,6 +30,13 @@
 //! - `uring-connect`: a TCP connect submitted through io_uring (IORING_OP_CONNECT);
 //! - `uring-sendmsg`: a UDP sendmsg with ADDR through io_uring (IORING_OP_SENDMSG).
 //!
+//! - `tcp-moved`: `ADDR,PROCS`: create a TCP socket, move this process to the cgroup whose
+//!   `cgroup.procs` is PROCS, then connect (a socket keeps the cgroup it was made in).
+//!
+//! File operations (ADDR is a path), for the least-privilege test run as another user:
+//! `write-file` creates or truncates it and writes `{}`, `remove-file` unlinks it,
+//! `read-file` reads it.
+//!
 //! Bursts, for counting: `tcp-each ADDR:FIRST-LAST` connects once to every port of the
 //! range, `tcp-repeat ADDR,N` N times to one address; both succeed when every attempt was
 //! refused with EPERM.
@@ -428,6 +435,18 @@ fn run(op: &str, arg: &str) -> io::Result<()> {
             )?;
             sendto(&fd, &addr, 0)
         }
+        "tcp-moved" => {
+            let (addr, procs) = arg
+                .split_once(',')
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "want ADDR,PROCS"))?;
+            let addr = parse(addr)?;
+            let fd = socket(&addr, libc::SOCK_STREAM)?;
+            std::fs::write(procs, std::process::id().to_string())?;
+            connect(&fd, &addr)
+        }
+        "write-file" => std::fs::write(arg, b"{}"),
+        "remove-file" => std::fs::remove_file(arg),
+        "read-file" => std::fs::read(arg).map(drop),
         "raw-socket" => {
             let addr = parse(arg)?;
             let family = if addr.is_ipv4() {

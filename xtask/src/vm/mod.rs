@@ -338,6 +338,8 @@ fn pack(binaries: &Binaries, kernel: &Kernel, stage: &Path) -> anyhow::Result<In
         ("EGRESS_PROBE_BIN", "/vm/bin/egress-probe"),
         ("RUST_BACKTRACE", "1"),
         ("HOME", "/tmp"),
+        // An emulated agent start takes seconds: 20 kills there, the full 100 on the host.
+        ("EGRESS_CHAOS_KILLS", "20"),
     ] {
         plan.push_str(&format!("env {key}={value}\n"));
     }
