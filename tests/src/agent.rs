@@ -90,6 +90,20 @@ impl Agent {
         state_dir: &Path,
         log_dir: &Path,
     ) -> Self {
+        Self::spawn_with_capabilities(netns, args, bpffs, state_dir, log_dir, None)
+    }
+
+    /// As [`Agent::spawn`], with the bounding set (so, for root, the capabilities it starts
+    /// with) limited to `capabilities` when given: what a container granted exactly those
+    /// gets.
+    pub fn spawn_with_capabilities(
+        netns: &Netns,
+        args: &[String],
+        bpffs: &Path,
+        state_dir: &Path,
+        log_dir: &Path,
+        capabilities: Option<u64>,
+    ) -> Self {
         let log = log_dir.join(format!("agent-{}.log", crate::unique("")));
         let log_file = std::fs::File::create(&log).expect("create agent log");
         let netns_fd = netns.fd();
@@ -105,6 +119,16 @@ impl Agent {
             cmd.pre_exec(move || {
                 if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(keep) = capabilities {
+                    for cap in 0..64u32 {
+                        if keep & (1 << cap) == 0
+                            && libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1
+                            && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                 }
                 Ok(())
             });

@@ -192,6 +192,15 @@ impl World {
     /// Starts the agent (in the world namespace, resolving through zonesrv) on this world's
     /// cgroup, policy file, pins and state directory, with `extra` arguments.
     pub fn start_agent(&self, extra: &[&str]) -> Agent {
+        self.start_agent_with_capabilities(extra, None)
+    }
+
+    /// As [`World::start_agent`], the agent starting with only `capabilities` (a mask).
+    pub fn start_agent_with_capabilities(
+        &self,
+        extra: &[&str],
+        capabilities: Option<u64>,
+    ) -> Agent {
         let mut args: Vec<String> = [
             "run",
             "--policy",
@@ -209,12 +218,13 @@ impl World {
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        Agent::spawn(
+        Agent::spawn_with_capabilities(
             &self.world,
             &args,
             &self.bpffs,
             &self.state_dir(),
             &self.dir,
+            capabilities,
         )
     }
 

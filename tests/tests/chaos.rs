@@ -143,7 +143,10 @@ fn a_hundred_sigkills_in_a_row_never_give_a_wrong_verdict() {
         ALLOWED.len() + UNLISTED.len(),
         wrong.len()
     );
-    assert!(rounds as u64 >= kills, "the prober ran {rounds} rounds only");
+    assert!(
+        rounds as u64 >= kills,
+        "the prober ran {rounds} rounds only"
+    );
     assert!(before_ready > 0, "no kill landed during start-up");
     assert!(
         wrong.is_empty(),

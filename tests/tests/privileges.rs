@@ -140,3 +140,39 @@ fn the_running_agent_keeps_only_bpf_and_net_admin_and_its_files_are_its_own() {
     let r = probe::run(&world.pod, &[("tcp", "203.0.113.66:443")]);
     assert!(r[0].denied(), "{r:?}");
 }
+
+/// The DaemonSet's container gets exactly CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN — no
+/// CAP_SETPCAP, so the bounding set cannot be reduced: the agent still drops CAP_SYS_ADMIN
+/// from every thread's effective and permitted sets, with no_new_privs (which makes the
+/// bounding set moot), and enforces.
+#[test]
+fn with_the_daemonsets_capabilities_the_agent_still_drops_to_bpf_and_net_admin() {
+    let mut zone = Zone::new();
+    zone.set("api.allowed.test", &["198.51.100.10"], 300);
+    let world = World::new(zone).unwrap();
+    world.write_policy(&native("  - hosts: [api.allowed.test]\n    ports: [443]\n"));
+    let granted = (1u64 << CAP_BPF) | (1u64 << CAP_NET_ADMIN) | (1u64 << 21);
+    let mut agent = world.start_agent_with_capabilities(&[], Some(granted));
+    agent.wait_ready(WAIT);
+    let status = agent.wait_for(WAIT, "capabilities dropped", |s| !s.capabilities.is_empty());
+    let keep = (1u64 << CAP_BPF) | (1u64 << CAP_NET_ADMIN);
+    assert_eq!(status.capabilities, format!("{keep:016x}"), "{status:?}");
+    for task in std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .unwrap()
+        .flatten()
+    {
+        let caps =
+            parse_status(&std::fs::read_to_string(task.path().join("status")).unwrap()).unwrap();
+        assert_eq!((caps.effective, caps.permitted), (keep, keep), "{caps:?}");
+        assert_eq!(
+            caps.bounding, granted,
+            "the bounding set stays as granted: {caps:?}"
+        );
+        assert!(caps.no_new_privs, "{caps:?}");
+    }
+    let r = probe::run(
+        &world.pod,
+        &[("tcp", "198.51.100.10:443"), ("tcp", "203.0.113.66:443")],
+    );
+    assert!(r[0].ok && r[1].denied(), "{r:?}");
+}

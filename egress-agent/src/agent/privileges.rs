@@ -21,8 +21,14 @@ pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_BPF: u32 = 39;
 
+pub const CAP_SETPCAP: u32 = 8;
+
 /// The capability set to keep, as a bit mask; read by the signal handler.
 static KEEP: AtomicU64 = AtomicU64::new(0);
+/// Whether the bounding set can be reduced too (that takes CAP_SETPCAP, which a container
+/// may not have been given; with `no_new_privs` the bounding set no longer matters anyway:
+/// nothing executed can gain a capability).
+static BOUNDING: AtomicU64 = AtomicU64::new(0);
 /// Threads that ran the drop, and the first error one of them met (0: none).
 static DONE: AtomicUsize = AtomicUsize::new(0);
 static ERROR: AtomicI32 = AtomicI32::new(0);
@@ -70,11 +76,11 @@ pub fn parse_status(status: &str) -> Option<ThreadCaps> {
 }
 
 impl ThreadCaps {
-    fn reduced_to(&self, keep: u64) -> bool {
+    fn reduced_to(&self, keep: u64, bounding: bool) -> bool {
         self.effective & !keep == 0
             && self.permitted & !keep == 0
             && self.inheritable == 0
-            && self.bounding & !keep == 0
+            && (!bounding || self.bounding & !keep == 0)
             && self.ambient == 0
             && self.no_new_privs
     }
@@ -94,9 +100,16 @@ pub fn threads() -> Vec<(u32, ThreadCaps)> {
         .collect()
 }
 
-/// Drops every capability but `keep` in every thread of the process. Returns the mask kept.
+/// Drops every capability but `keep` in every thread of the process (from the bounding set
+/// too where CAP_SETPCAP allows). Returns the mask kept.
 pub fn drop_all_but(keep: u64) -> Result<u64, String> {
     KEEP.store(keep, Ordering::SeqCst);
+    let effective = threads()
+        .iter()
+        .map(|(_, c)| c.effective)
+        .fold(u64::MAX, |a, b| a & b);
+    let bounding = effective & (1 << CAP_SETPCAP) != 0;
+    BOUNDING.store(u64::from(bounding), Ordering::SeqCst);
     let signal = libc::SIGRTMIN() + 7;
     // SAFETY: installs a handler that only makes raw system calls and touches atomics.
     unsafe {
@@ -121,7 +134,7 @@ pub fn drop_all_but(keep: u64) -> Result<u64, String> {
     loop {
         let pending: Vec<u32> = threads()
             .into_iter()
-            .filter(|(tid, caps)| *tid != me as u32 && !caps.reduced_to(keep))
+            .filter(|(tid, caps)| *tid != me as u32 && !caps.reduced_to(keep, bounding))
             .map(|(tid, _)| tid)
             .collect();
         if pending.is_empty() {
@@ -200,8 +213,10 @@ fn drop_this_thread(keep: u64) -> i32 {
             return errno();
         }
         // The bounding set first: dropping from it needs CAP_SETPCAP, which goes below.
+        let bounding = BOUNDING.load(Ordering::SeqCst) != 0;
         for cap in 0..64u32 {
-            if keep & (1u64 << cap) == 0
+            if bounding
+                && keep & (1u64 << cap) == 0
                 && libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1
                 && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
             {
@@ -251,7 +266,7 @@ mod tests {
         let s = "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000008000001000\nCapEff:\t0000008000001000\nCapBnd:\t0000008000001000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
         let caps = parse_status(s).unwrap();
         assert_eq!(caps.effective, (1 << 39) | (1 << 12));
-        assert!(caps.reduced_to((1 << 39) | (1 << 12)));
-        assert!(!caps.reduced_to(1 << 39));
+        assert!(caps.reduced_to((1 << 39) | (1 << 12), true));
+        assert!(!caps.reduced_to(1 << 39, true));
     }
 }
