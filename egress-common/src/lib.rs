@@ -480,7 +480,8 @@ impl Hook {
     /// Socket creation (`cgroup/sock_create`, `lsm_cgroup/socket_create`). The flow's
     /// `family` is 4 or 6 (AF_INET, AF_INET6), `port` the socket type and `proto` its
     /// protocol; or `family` 17 (AF_PACKET), `port` the EtherType and `proto` the socket
-    /// type. The address is zero.
+    /// type; or `family` 255 ([`AF_OTHER`]), `port` the socket type and `proto` the family.
+    /// The address is zero.
     pub const SOCKET: Self = Self(6);
 }
 
@@ -497,6 +498,9 @@ impl SocketKinds {
     pub const ICMP: Self = Self(2);
     /// AF_PACKET sockets: whole frames handed to a device, below IP.
     pub const PACKET: Self = Self(4);
+    /// Every other family but AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK: AF_XDP, vsock,
+    /// TIPC, RDS, CAN, Bluetooth, SMC, …
+    pub const OTHER: Self = Self(8);
 
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
@@ -508,6 +512,9 @@ impl SocketKinds {
 
 /// `AF_PACKET` (the family of packet sockets, in [`FlowKey::family`] for [`Hook::SOCKET`]).
 pub const AF_PACKET: u8 = 17;
+/// [`FlowKey::family`] of a refused socket of another family (whose number is then the
+/// flow's `proto`, its type the `port`).
+pub const AF_OTHER: u8 = 255;
 
 /// What happened to a flow.
 #[repr(transparent)]

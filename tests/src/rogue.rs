@@ -68,6 +68,13 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 
 /// Loads the allow-all connect4 program.
 pub fn allow_all_connect4() -> io::Result<OwnedFd> {
+    // Before 5.11 BPF memory is charged to RLIMIT_MEMLOCK, and going over it is EPERM.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit; failure leaves the limit as it was.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     let license = c"GPL";
     let mut attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,

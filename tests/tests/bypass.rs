@@ -318,16 +318,19 @@ fn every_bypass_is_refused_with_eperm_and_an_event() {
     }
 }
 
-/// Packet sockets (AF_PACKET) reach the device below IP: `inet_create()` never sees them, so
-/// they are refused by an LSM program where the BPF LSM is active; elsewhere the agent says,
-/// in its log and status, that they are not enforced (a silent pass would be the failure).
+/// Packet sockets (AF_PACKET) and AF_XDP reach the device below IP: `inet_create()` never
+/// sees them, so they are refused by an LSM program where the BPF LSM is active; elsewhere
+/// the agent says, in its log and status, that they are not enforced (a silent pass would be
+/// the failure).
 #[test]
 fn packet_sockets_are_refused_or_the_gap_is_reported() {
     let (world, mut agent) = enforcing();
     let status = agent.wait_ready(WAIT);
     let outcome = probe::one(&world.pod, "packet-socket", "0.0.0.0:0");
+    let xdp = probe::one(&world.pod, "xdp-socket", "0.0.0.0:0");
     if status.gaps.is_empty() {
         assert!(outcome.denied(), "{outcome:?}");
+        assert!(xdp.denied(), "AF_XDP: {xdp:?}");
         let events = agent.wait_events(WAIT, "the packet socket's event", |e| {
             e.iter().any(|e| e["reason"] == "packet_socket")
         });
@@ -341,7 +344,10 @@ fn packet_sockets_are_refused_or_the_gap_is_reported() {
         assert_eq!(e["port"], 3, "{e}");
     } else {
         assert!(
-            status.gaps.iter().any(|g| g.contains("AF_PACKET")),
+            status
+                .gaps
+                .iter()
+                .any(|g| g.contains("AF_PACKET") && g.contains("AF_XDP")),
             "{:?}",
             status.gaps
         );

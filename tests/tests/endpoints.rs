@@ -141,6 +141,14 @@ fn directories_of_another_user_are_refused() {
     assert_refused_as_foreign(&world);
     std::fs::remove_dir(&state).unwrap();
 
+    // A state directory of its own, below a directory another user owns (who could move it
+    // aside and put theirs in its place).
+    let parent = state.parent().unwrap().to_owned();
+    std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+    assert_refused_as_foreign(&world);
+    std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
+    let _ = std::fs::remove_dir(&state);
+
     // Its own directories are made private.
     let mut agent = world.start_agent(&[]);
     agent.wait_ready(WAIT);

@@ -239,13 +239,15 @@ fn other_protocols_raw_sockets_and_source_routes_via_the_peer_are_refused() {
             ("raw-udp-connect", &format!("{EVIL4}:9999")),
             ("raw-udp-connect", &format!("[{EVIL6}]:9999")),
             ("udp-connected-lsrr", &format!("{A4}:9999,{EVIL4}:9999")),
+            // An allowed raw socket's hand-built UDP is judged by its port: 7 is not allowed.
+            ("raw-udp-connect", &format!("{A4}:7")),
             ("udp-sendto", &format!("{A4}:9999")),
         ],
     );
-    for o in &r[..5] {
+    for o in &r[..6] {
         assert_refused(o);
     }
-    assert!(r[5].ok, "{:?}", r[5]);
+    assert!(r[6].ok, "{:?}", r[6]);
     assert!(!world.sniffer.wait_to(ip(A4), WIRE).is_empty());
     for evil in [EVIL4, EVIL6] {
         assert!(
@@ -256,13 +258,13 @@ fn other_protocols_raw_sockets_and_source_routes_via_the_peer_are_refused() {
     }
     assert!(world.hits.to_ip(ip(EVIL4)).is_empty() && world.hits.to_ip(ip(EVIL6)).is_empty());
     // Each EPERM came from the wire check (a kernel without UDP-Lite refuses the socket).
-    let eperm = r[..5].iter().filter(|o| o.denied()).count() as u64;
+    let eperm = r[..6].iter().filter(|o| o.denied()).count() as u64;
     assert!(eperm >= 3, "{r:?}");
     assert!(
         counter(&agent, "wire_drop") >= before + eperm,
         "the wire check dropped them: {r:?}"
     );
-    // Only the allowed datagram reached A (the source-routed one did not).
+    // Only the allowed datagram reached A (the source-routed and the raw one did not).
     let to_a: Vec<_> = world.sniffer.to(ip(A4));
     assert_eq!(to_a.len(), 1, "{to_a:?}");
 }

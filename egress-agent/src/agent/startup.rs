@@ -223,12 +223,12 @@ async fn track_pods(
 fn packet_socket_coverage() -> Result<(), String> {
     let gap = match kernel::bpf_lsm_active() {
         Ok(true) => return Ok(()),
-        Ok(false) => "packet sockets (AF_PACKET) are not refused: the BPF LSM is not active on \
+        Ok(false) => "packet sockets (AF_PACKET), AF_XDP and other non-IP families are not refused: the BPF LSM is not active on \
              this kernel (boot with `bpf` in lsm=); a workload holding CAP_NET_RAW can send \
              frames no hook judges — drop CAP_NET_RAW from pods"
             .to_owned(),
         Err(e) => format!(
-            "packet sockets (AF_PACKET) are not refused: cannot tell whether the BPF LSM is \
+            "packet sockets (AF_PACKET), AF_XDP and other non-IP families are not refused: cannot tell whether the BPF LSM is \
              active ({e}); drop CAP_NET_RAW from pods"
         ),
     };
@@ -258,7 +258,9 @@ async fn enforce(
             .map_err(String::as_str),
     )?;
     match &loaded.packet_sockets {
-        Ok(()) => tracing::info!("packet sockets (AF_PACKET) are refused at creation"),
+        Ok(()) => tracing::info!(
+            "packet sockets (AF_PACKET), AF_XDP and other non-IP families are refused at creation"
+        ),
         Err(gap) => {
             tracing::warn!("{gap}");
             status.gaps.push(gap.clone());

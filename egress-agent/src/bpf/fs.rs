@@ -204,7 +204,36 @@ pub fn make_private_dir(dir: &Path) -> io::Result<()> {
             meta.uid()
         )));
     }
+    check_ancestors(dir, me)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Every directory above `dir` must be root's or the agent's, and writable by nobody else
+/// unless sticky (`/tmp`, bpffs's root): otherwise its owner could move the agent's
+/// directory aside and put one of their own in its place, which the agent, working by path,
+/// would then use.
+fn check_ancestors(dir: &Path, me: u32) -> io::Result<()> {
+    let real = std::fs::canonicalize(dir)?;
+    for ancestor in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(ancestor)?;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(io::Error::other(format!(
+                "{} above it is owned by uid {}: that user could replace the directory",
+                ancestor.display(),
+                meta.uid()
+            )));
+        }
+        let mode = meta.mode();
+        if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
+            return Err(io::Error::other(format!(
+                "{} above it is writable by other users (mode {:o}) and not sticky: they could \
+                 replace the directory",
+                ancestor.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `bytes` atomically (a temporary file beside it, then a rename),

@@ -198,7 +198,7 @@ pub fn load(
                 Ok(())
             }
             Err(e) => Err(format!(
-                "packet sockets (AF_PACKET) are not refused: the kernel refused the LSM program \
+                "packet sockets (AF_PACKET), AF_XDP and other non-IP families are not refused: the kernel refused the LSM program \
                  ({e}); a workload holding CAP_NET_RAW can send frames no hook judges — drop \
                  CAP_NET_RAW from pods"
             )),

@@ -219,6 +219,7 @@ fn family_name(key: &FlowKey) -> &'static str {
         Hook::CONNECT6 | Hook::SENDMSG6 => "inet6",
         Hook::WIRE | Hook::SOCKET if key.family == 6 => "inet6",
         Hook::SOCKET if key.family == egress_common::AF_PACKET => "packet",
+        Hook::SOCKET if key.family == egress_common::AF_OTHER => "other",
         _ => "inet",
     }
 }
@@ -228,6 +229,8 @@ pub fn socket_kind_name(key: &FlowKey) -> &'static str {
     const SOCK_RAW: u16 = 3;
     if key.family == egress_common::AF_PACKET {
         "packet_socket"
+    } else if key.family == egress_common::AF_OTHER {
+        "other_socket"
     } else if key.port == SOCK_RAW {
         "raw_socket"
     } else {
@@ -250,7 +253,21 @@ pub fn destination(key: &FlowKey) -> IpAddr {
 
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    printable(&String::from_utf8_lossy(&raw[..end]))
+}
+
+/// A name a workload chose (its command name), made safe for a terminal and a log line:
+/// control characters (escape sequences, newlines that would forge a line) are escaped.
+pub fn printable(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 pub fn verdict_name(v: Verdict) -> &'static str {
@@ -300,6 +317,15 @@ pub fn protocol_name(proto: Proto) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_names_cannot_drive_a_terminal_or_forge_lines() {
+        let mut raw = [0u8; 16];
+        raw[..15].copy_from_slice(b"\x1b[2J\nFAKE ok\x07..");
+        let shown = comm(&raw);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.starts_with("\\u{1b}[2J\\nFAKE ok"), "{shown:?}");
+    }
 
     fn key(port: u16) -> FlowKey {
         FlowKey {

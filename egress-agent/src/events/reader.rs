@@ -144,7 +144,7 @@ impl Describer {
             tracked.names.get(uid).cloned()
         });
         Context {
-            cgroup: cgroup.map(|p| p.display().to_string()),
+            cgroup: cgroup.map(|p| super::flows::printable(&p.display().to_string())),
             pod_uid,
             container_id,
             pod,

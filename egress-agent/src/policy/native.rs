@@ -17,7 +17,8 @@
 //!     podSelector:         # optional: only pods these labels select (Kubernetes syntax)
 //!       matchLabels: {app: web}
 //!   - name: ping           # a socket rule: kinds of sockets no address hook can judge
-//!     sockets: [icmp]      # icmp (ping sockets) | raw (SOCK_RAW) | packet (AF_PACKET)
+//!     sockets: [icmp]      # icmp (ping sockets) | raw (SOCK_RAW) | packet (AF_PACKET) |
+//!                          # other (AF_XDP, vsock, … any family but unix, inet, inet6, netlink)
 //!     namespaces: [monitoring]
 //! ```
 //!
@@ -162,6 +163,7 @@ enum NativeSocket {
     Raw,
     Icmp,
     Packet,
+    Other,
 }
 
 impl From<NativeSocket> for SocketKinds {
@@ -170,6 +172,7 @@ impl From<NativeSocket> for SocketKinds {
             NativeSocket::Raw => Self::RAW,
             NativeSocket::Icmp => Self::ICMP,
             NativeSocket::Packet => Self::PACKET,
+            NativeSocket::Other => Self::OTHER,
         }
     }
 }

@@ -298,8 +298,9 @@ fn examples_are_valid() {
     }
     assert!(n >= 3);
     let (native, _) = load(std::path::Path::new(&format!("{dir}/native-policy.yaml"))).unwrap();
-    assert_eq!(native.rules.len(), 3);
+    assert_eq!(native.rules.len(), 4);
     assert_eq!(native.rules[1].action, Action::Deny);
+    assert_eq!(native.rules[3].sockets, egress_common::SocketKinds::ICMP);
     assert_eq!(
         native.rules[2].scope.to_string(),
         "namespace team-a, pods app=ci"

@@ -56,9 +56,18 @@ pub fn egress_sock_create(ctx: SockContext) -> i32 {
     judge(kind, fam, ty as u16, protocol as u8)
 }
 
-/// `lsm_cgroup/socket_create` (Linux ≥ 6.0 with the BPF LSM active): packet sockets, which
-/// `inet_create()` never sees. Loaded only where the agent finds the BPF LSM in the kernel's
-/// active list; elsewhere the agent says that packet sockets are not enforced.
+/// Families a workload may always create: local IPC, the IP families (whose sockets the
+/// other hooks judge) and netlink (configuration of its own namespace).
+const AF_UNIX: i32 = 1;
+const AF_NETLINK: i32 = 16;
+
+/// `lsm_cgroup/socket_create` (Linux ≥ 6.0 with the BPF LSM active): every socket family
+/// `inet_create()` does not see. Packet sockets (`AF_PACKET`), AF_XDP, and every other family
+/// that can put bytes on a device or reach a peer without IP (vsock, TIPC, RDS, CAN,
+/// Bluetooth, SMC, …) are refused unless a socket rule allows them (`packet` for AF_PACKET,
+/// `other` for the rest): a list of what is allowed, not of what is known to be dangerous.
+/// Loaded only where the agent finds the BPF LSM in the kernel's active list; elsewhere the
+/// agent says that these families are not enforced.
 #[lsm_cgroup(hook = "socket_create")]
 pub fn egress_packet_socket(ctx: LsmContext) -> i32 {
     // socket_create(int family, int type, int protocol, int kern)
@@ -66,8 +75,22 @@ pub fn egress_packet_socket(ctx: LsmContext) -> i32 {
     let ty: i32 = ctx.arg(1);
     let protocol: i32 = ctx.arg(2);
     let kern: i32 = ctx.arg(3);
-    if kern != 0 || family != i32::from(egress_common::AF_PACKET) {
+    if kern != 0
+        || family == AF_UNIX
+        || family == AF_INET as i32
+        || family == AF_INET6 as i32
+        || family == AF_NETLINK
+    {
         return ALLOW;
+    }
+    if family != i32::from(egress_common::AF_PACKET) {
+        // The flow names the family as its protocol.
+        return judge(
+            SocketKinds::OTHER,
+            egress_common::AF_OTHER,
+            (ty & 0xf) as u16,
+            family as u8,
+        );
     }
     // The flow names the EtherType (the protocol, in network order) where an inet socket's
     // names its type, and the type (SOCK_RAW, SOCK_DGRAM, without flags) as the protocol.

@@ -258,9 +258,11 @@ fn finish(skb: *const __sk_buff, d: &Dest) -> i32 {
     if verdict.is_allow() {
         return PASS;
     }
-    // A raw or ping socket a socket rule allows may reach, with any protocol, the
-    // addresses some rule allows (some port of): its packets have no port an entry names.
-    if verdict.0 != Counter::WIRE_LOOPBACK.0
+    // An ICMP packet of a raw or ping socket a socket rule allows may go to the addresses
+    // some rule allows (some port of): ICMP has no port an entry could name. Everything else
+    // such a socket sends — TCP or UDP built by hand, IP options — is judged as above.
+    if (d.proto == Proto(1) || d.proto == Proto(58))
+        && verdict.0 != Counter::WIRE_LOOPBACK.0
         && let Some(kind) = socket_kind(skb)
         && super::sock_create::allowed(class).contains(kind)
         && verdict::allows_address(d, cfg, class)

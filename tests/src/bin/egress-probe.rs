@@ -27,6 +27,7 @@
 //!   sendto ADDR: ordinary traffic that must still pass.
 //! - `raw-socket`: only create a raw IPPROTO_UDP socket of ADDR's family;
 //! - `packet-socket`: only create an AF_PACKET socket (ADDR is ignored);
+//! - `xdp-socket`: only create an AF_XDP socket (ADDR is ignored);
 //! - `uring-connect`: a TCP connect submitted through io_uring (IORING_OP_CONNECT);
 //! - `uring-sendmsg`: a UDP sendmsg with ADDR through io_uring (IORING_OP_SENDMSG).
 //!
@@ -477,6 +478,15 @@ fn run(op: &str, arg: &str) -> io::Result<()> {
                     eth_p_all,
                 )
             };
+            check(fd as isize)?;
+            // SAFETY: the fd just made.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            Ok(())
+        }
+        "xdp-socket" => {
+            const AF_XDP: libc::c_int = 44;
+            // SAFETY: plain syscall; the fd is closed right away.
+            let fd = unsafe { libc::socket(AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
             check(fd as isize)?;
             // SAFETY: the fd just made.
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
