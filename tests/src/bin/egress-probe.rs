@@ -183,7 +183,42 @@ fn tcp_connect_within(fd: &OwnedFd, addr: &SocketAddr, seconds: i64) -> io::Resu
             size_of::<libc::timeval>() as u32,
         );
     }
-    connect(fd, addr)
+    match connect(fd, addr) {
+        // A signal (or io_uring task work of this process, which the kernel reports as one)
+        // interrupted the wait: the handshake goes on; wait for it as applications do.
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => finish_connect(fd, seconds),
+        other => other,
+    }
+}
+
+fn finish_connect(fd: &OwnedFd, seconds: i64) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, (seconds * 1000) as libc::c_int) };
+    check(n as isize)?;
+    if n == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd and option buffer.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    } as isize)?;
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(())
 }
 
 const IPV6_RTHDR: libc::c_int = 57;
