@@ -10,14 +10,17 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages the tests and the demo run: curl (the client in the pod) and iproute2
 /// (namespaces and veth pairs); binutils (strip) and xz-utils (compressed kernel modules) for
-/// the VM initramfs; python3-venv for the manifest validator.
-const DEBIAN_PACKAGES: [&str; 6] = [
+/// the VM initramfs; python3-venv for the manifest validator; nftables and iptables, which
+/// `cargo xtask bench` compares the agent with.
+const DEBIAN_PACKAGES: [&str; 8] = [
     "curl",
     "iproute2",
     "ca-certificates",
     "binutils",
     "xz-utils",
     "python3-venv",
+    "nftables",
+    "iptables",
 ];
 
 /// kubernetes-validate (PyPI), which checks the manifests in deploy/ against the Kubernetes
