@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask <setup|demo|test|lint>`. Each one sets up what it needs
+//! Developer tasks: `cargo xtask <setup|demo|test|lint|bench|image|vm-test>`. Each one sets up what it needs
 //! first, so that a fresh machine needs nothing but this repository and rustup.
 
+mod bench;
 mod image;
 mod setup;
 mod vm;
@@ -47,6 +48,10 @@ enum Task {
     /// Build the agent statically and its container image (Dockerfile) with podman, and run
     /// `egress-agent --version` from the image (installs podman if missing).
     Image(image::ImageArgs),
+    /// Measure what enforcement costs (per connect, against no program, an empty program,
+    /// nftables and iptables; policy load; memory) and print the figures and targets
+    /// (needs root; release build; about 20 minutes, `--quick` a few).
+    Bench(bench::BenchArgs),
     /// Run the end-to-end suite on several kernels, each booted under QEMU (needs root to
     /// install QEMU; fetches Debian's cloud kernels).
     VmTest(vm::VmTestArgs),
@@ -110,6 +115,10 @@ fn main() -> anyhow::Result<()> {
             setup::run(&root)?;
             setup::podman()?;
             image::run(&root, &args)
+        }
+        Task::Bench(args) => {
+            setup::run(&root)?;
+            bench::run(&root, &args)
         }
         Task::VmTest(args) => {
             setup::run(&root)?;
