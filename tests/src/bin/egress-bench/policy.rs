@@ -12,7 +12,8 @@ pub const TARGET_V6: &str = "2001:db8:100::10";
 
 /// `n` addresses of a family, `target` among them (the last one), the others taken from a
 /// range no connect goes to, starting at the `offset`-th address of that range. IPv4 others
-/// are 10.0.0.1 onwards, IPv6 others 2001:db8:1::/48 (both sort below the targets).
+/// are 10.0.0.1 onwards, IPv6 others 2001::1 onwards (both sort below the targets; short, so
+/// that 1M entries fit in the agent's 16 MiB limit on a policy file).
 pub fn v4_addrs(n: usize, offset: usize, target: Option<&str>) -> Vec<String> {
     let others = n - usize::from(target.is_some());
     let mut out: Vec<String> = (0..others)
@@ -24,32 +25,37 @@ pub fn v4_addrs(n: usize, offset: usize, target: Option<&str>) -> Vec<String> {
 
 pub fn v6_addrs(n: usize, offset: usize, target: Option<&str>) -> Vec<String> {
     let others = n - usize::from(target.is_some());
-    let base = u128::from(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1));
+    let base = u128::from(Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 1));
     let mut out: Vec<String> = (0..others)
-        .map(|k| Ipv6Addr::from(base + ((offset + k) as u128) * 0x1_0001).to_string())
+        .map(|k| Ipv6Addr::from(base + (offset + k) as u128).to_string())
         .collect();
     out.extend(target.map(str::to_owned));
     out
 }
 
-/// A native policy allowing `addrs` on port 9000, TCP and UDP, under the rule `name`.
+/// A native policy allowing `addrs` on port 9000, TCP and UDP, under the rule `name`. The
+/// list is in flow style (`[a, b, …]`, 100 to a line): the most entries per byte.
 pub fn native(name: &str, addrs: &[String]) -> String {
-    let mut text = String::with_capacity(addrs.len() * 24 + 256);
+    let mut text = String::with_capacity(addrs.len() * 16 + 256);
     text.push_str("apiVersion: egress/v1\nkind: EgressPolicy\nrules:\n");
-    let _ = writeln!(
+    let _ = write!(
         text,
-        "  - name: {name}\n    protocol: ANY\n    ports: [9000]\n    cidrs:"
+        "  - name: {name}\n    protocol: ANY\n    ports: [9000]\n    cidrs: ["
     );
-    for a in addrs {
+    for (i, a) in addrs.iter().enumerate() {
+        if i % 100 == 0 {
+            text.push_str("\n     ");
+        }
         // Quoted: an IPv6 address ending in `::` would read as a YAML mapping.
-        let _ = writeln!(text, "      - \"{a}\"");
+        let _ = write!(text, " \"{a}\",");
     }
+    text.push_str("\n    ]\n");
     text
 }
 
-/// The policy of `n` entries per family: the targets and `n - 1` other addresses each.
+/// The policy of `n` entries, half of each family: the targets and other addresses.
 pub fn entries(n: usize) -> String {
-    let mut addrs = v4_addrs(n, 0, Some(TARGET_V4));
-    addrs.extend(v6_addrs(n, 0, Some(TARGET_V6)));
+    let mut addrs = v4_addrs(n / 2, 0, Some(TARGET_V4));
+    addrs.extend(v6_addrs(n / 2, 0, Some(TARGET_V6)));
     native("bench", &addrs)
 }
