@@ -171,11 +171,16 @@ pub fn run(bed: &Bed, settings: &Settings, report: &mut Report) -> anyhow::Resul
             status.entries
         );
         notes.push(format!(
-            "agent, {} entries: {} IPv4 + {} IPv6 entries ({} KiB policy file), started and applied in {:.2} s: {}",
+            "agent, {} entries: {} IPv4 + {} IPv6 entries ({} KiB policy file, {}), started and applied in {:.2} s: {}",
             label(n),
             status.entries.v4,
             status.entries.v6,
             text.len() / 1024,
+            if n / 2 * 2 > policy::PER_DOCUMENT {
+                "ServiceEntry documents"
+            } else {
+                "a native EgressPolicy"
+            },
             took.as_secs_f64(),
             agent.command
         ));

@@ -53,9 +53,32 @@ pub fn native(name: &str, addrs: &[String]) -> String {
     text
 }
 
-/// The policy of `n` entries, half of each family: the targets and other addresses.
+/// Addresses per YAML document: the agent's parser allows 250,000 nodes in one (serde-saphyr's
+/// default budget), so a native policy, one document, holds fewer addresses than that.
+pub const PER_DOCUMENT: usize = 200_000;
+
+/// The policy of `n` entries, half of each family: the targets and other addresses. Up to
+/// [`PER_DOCUMENT`] a native policy; beyond, Istio ServiceEntry documents of that many
+/// addresses each (a file may hold many), allowing the same ports.
 pub fn entries(n: usize) -> String {
     let mut addrs = v4_addrs(n / 2, 0, Some(TARGET_V4));
     addrs.extend(v6_addrs(n / 2, 0, Some(TARGET_V6)));
-    native("bench", &addrs)
+    if addrs.len() <= PER_DOCUMENT {
+        return native("bench", &addrs);
+    }
+    let mut text = String::with_capacity(addrs.len() * 16);
+    for (i, chunk) in addrs.chunks(PER_DOCUMENT).enumerate() {
+        let _ = write!(
+            text,
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: bench-{i}\nspec:\n  hosts: [bench-{i}.bench.test]\n  resolution: STATIC\n  ports:\n    - {{number: 9000, name: tcp, protocol: TCP}}\n    - {{number: 9000, name: udp, protocol: UDP}}\n  addresses: ["
+        );
+        for (j, a) in chunk.iter().enumerate() {
+            if j % 100 == 0 {
+                text.push_str("\n   ");
+            }
+            let _ = write!(text, " \"{a}\",");
+        }
+        text.push_str("\n  ]\n");
+    }
+    text
 }
