@@ -28,7 +28,7 @@ use anyhow::{Context as _, bail};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: egress-bench run [--quick] [--no-1m]\n       \
+        "usage: egress-bench run [--quick] [--no-1m] [--only connect,load,memory]\n       \
          egress-bench loop udp|tcp ADDR N\n       \
          egress-bench flip ADDR\n       \
          egress-bench watch STOPFILE both=ADDR,... neither=ADDR,..."
@@ -37,7 +37,7 @@ fn usage() -> ! {
 }
 
 /// How much to measure.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Interleaved rounds of every connect configuration.
     pub rounds: usize,
@@ -49,6 +49,16 @@ pub struct Settings {
     pub million: bool,
     /// Agent starts timed (policy load).
     pub load_rounds: usize,
+    /// The sections to run (`--only connect,load,memory`); all by default.
+    pub only: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|s| s == section))
+    }
 }
 
 impl Settings {
@@ -59,6 +69,7 @@ impl Settings {
             tcp_iters: 2_000,
             million: true,
             load_rounds: 5,
+            only: None,
         }
     }
 
@@ -69,6 +80,7 @@ impl Settings {
             tcp_iters: 500,
             million: false,
             load_rounds: 2,
+            only: None,
         }
     }
 }
@@ -79,14 +91,21 @@ fn main() -> anyhow::Result<()> {
     match cmd.as_str() {
         "run" => {
             let mut settings = Settings::full();
-            for a in &args[1..] {
+            let mut only = None;
+            let mut rest = args[1..].iter();
+            while let Some(a) = rest.next() {
                 match a.as_str() {
+                    "--only" => {
+                        let list = rest.next().context("--only SECTION,...")?;
+                        only = Some(list.split(',').map(str::to_owned).collect());
+                    }
                     "--quick" => settings = Settings::quick(),
                     "--no-1m" => settings.million = false,
                     "--1m" => settings.million = true,
                     other => bail!("unknown option {other}"),
                 }
             }
+            settings.only = only;
             egress_tests::require_root();
             run(settings, &args)
         }
@@ -114,9 +133,15 @@ fn run(settings: Settings, args: &[String]) -> anyhow::Result<()> {
     let mut report = report::Report::new(format!("egress-bench {}", args.join(" ")));
     // One after the other: the connect rounds' agents (up to 2M entries) are gone before
     // the load is timed and the memory read.
-    connect::run(&bed, &settings, &mut report)?;
-    load::run(&bed, &settings, &mut report)?;
-    memory::run(&bed, &mut report)?;
+    if settings.runs("connect") {
+        connect::run(&bed, &settings, &mut report)?;
+    }
+    if settings.runs("load") {
+        load::run(&bed, &settings, &mut report)?;
+    }
+    if settings.runs("memory") {
+        memory::run(&bed, &mut report)?;
+    }
     report.print();
     eprintln!("bench: done in {:.0?}", started.elapsed());
     Ok(())
