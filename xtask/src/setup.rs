@@ -11,8 +11,9 @@ use anyhow::{Context as _, bail};
 /// Debian packages the tests and the demo run: curl (the client in the pod) and iproute2
 /// (namespaces and veth pairs); binutils (strip) and xz-utils (compressed kernel modules) for
 /// the VM initramfs; python3-venv for the manifest validator; nftables and iptables, which
-/// `cargo xtask bench` compares the agent with.
-const DEBIAN_PACKAGES: [&str; 8] = [
+/// `cargo xtask bench` compares the agent with, and bpftool, which reads its BPF run-time
+/// statistics.
+const DEBIAN_PACKAGES: [&str; 9] = [
     "curl",
     "iproute2",
     "ca-certificates",
@@ -21,6 +22,7 @@ const DEBIAN_PACKAGES: [&str; 8] = [
     "python3-venv",
     "nftables",
     "iptables",
+    "bpftool",
 ];
 
 /// kubernetes-validate (PyPI), which checks the manifests in deploy/ against the Kubernetes

@@ -287,6 +287,78 @@ pub fn run(bed: &Bed, settings: &Settings, report: &mut Report) -> anyhow::Resul
     }
 
     targets(&setups, &results, report);
+    run_time(&setups, report)?;
+    Ok(())
+}
+
+/// The programs' own run time per connect (BPF statistics): the floor's and each agent's,
+/// over 1M UDP connects per family.
+fn run_time(setups: &[Setup], report: &mut Report) -> anyhow::Result<()> {
+    const LOOPS: u64 = 1_000_000;
+    /// Spread of the agents' figures within which the cost is called flat.
+    const FLAT_NS: f64 = 10.0;
+    let measured: Vec<&Setup> = setups
+        .iter()
+        .filter(|s| s.name.starts_with("empty") || s.name.starts_with("agent"))
+        .collect();
+    report.table(
+        "BPF run time per connect (kernel.bpf_stats_enabled=1, 1M UDP connects per family)",
+        &["program", "ns per run", "above floor"],
+    );
+    for (kind, attach) in [
+        (KINDS[0], "cgroup_inet4_connect"),
+        (KINDS[1], "cgroup_inet6_connect"),
+    ] {
+        let family = if kind.v6 { "IPv6" } else { "IPv4" };
+        let mut floor = None;
+        let mut above = Vec::new();
+        for s in &measured {
+            let ids = crate::profile::attached(&s.cgroup.enforced, attach)?;
+            let per_run = crate::profile::ns_per_run(&ids, || measure(s, kind, LOOPS).map(|_| ()))?;
+            let (_, shown) = worker_command(s, kind, LOOPS);
+            let diff = floor.map(|f| per_run - f);
+            report.row(
+                vec![
+                    format!("{}: {attach} (ids {ids:?})", s.name),
+                    format!("{per_run:.1}"),
+                    diff.map_or("-".into(), |d| format!("{d:+.1}")),
+                ],
+                format!(
+                    "bpftool -j prog show id <id> (run_time_ns, run_cnt) before and after: {shown}"
+                ),
+            );
+            match diff {
+                None => floor = Some(per_run),
+                Some(d) => above.push((s.name.clone(), d)),
+            }
+        }
+        if let Some((_, d)) = above.iter().find(|(n, _)| n.starts_with("agent, 100k")) {
+            report.target(
+                &format!(
+                    "cost above the floor at 100k entries ≤ 100 ns ({family}, BPF run-time statistics)"
+                ),
+                *d <= 100.0,
+                format!("{d:+.1} ns per connect"),
+            );
+        }
+        let max = above.iter().map(|a| a.1).fold(f64::MIN, f64::max);
+        let min = above.iter().map(|a| a.1).fold(f64::MAX, f64::min);
+        report.target(
+            &format!(
+                "flat from 10 to the largest entry count ({family}, BPF run-time statistics; flat = spread ≤ {FLAT_NS} ns)"
+            ),
+            max - min <= FLAT_NS,
+            format!(
+                "above floor {}; spread {:.1} ns",
+                above
+                    .iter()
+                    .map(|(_, d)| format!("{d:+.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                max - min
+            ),
+        );
+    }
     Ok(())
 }
 

@@ -20,6 +20,7 @@ mod filters;
 mod load;
 mod memory;
 mod policy;
+mod profile;
 mod report;
 mod stats;
 mod worker;
