@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask <setup|demo|test|lint>`. Each one sets up what it needs
+//! Developer tasks: `cargo xtask <setup|demo|test|lint|fuzz|bench|image|vm-test>`. Each one sets up what it needs
 //! first, so that a fresh machine needs nothing but this repository and rustup.
 
+mod bench;
 mod fuzz;
 mod image;
 mod setup;
@@ -51,6 +52,10 @@ enum Task {
     /// Run the fuzz targets of tests/fuzz (cargo fuzz) for a bounded time each, after
     /// replaying every saved regression input (installs cargo-fuzz if missing).
     Fuzz(fuzz::FuzzArgs),
+    /// Measure what enforcement costs (per connect, against no program, an empty program,
+    /// nftables and iptables; policy load; memory) and print the figures and targets
+    /// (needs root; release build; about 20 minutes, `--quick` a few).
+    Bench(bench::BenchArgs),
     /// Run the end-to-end suite on several kernels, each booted under QEMU (needs root to
     /// install QEMU; fetches Debian's cloud kernels).
     VmTest(vm::VmTestArgs),
@@ -120,6 +125,10 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz(args) => {
             setup::run(&root)?;
             fuzz::run(&root, &args)
+        }
+        Task::Bench(args) => {
+            setup::run(&root)?;
+            bench::run(&root, &args)
         }
         Task::VmTest(args) => {
             setup::run(&root)?;

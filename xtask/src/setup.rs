@@ -10,14 +10,19 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages the tests and the demo run: curl (the client in the pod) and iproute2
 /// (namespaces and veth pairs); binutils (strip) and xz-utils (compressed kernel modules) for
-/// the VM initramfs; python3-venv for the manifest validator.
-const DEBIAN_PACKAGES: [&str; 6] = [
+/// the VM initramfs; python3-venv for the manifest validator; nftables and iptables, which
+/// `cargo xtask bench` compares the agent with, and bpftool, which reads its BPF run-time
+/// statistics.
+const DEBIAN_PACKAGES: [&str; 9] = [
     "curl",
     "iproute2",
     "ca-certificates",
     "binutils",
     "xz-utils",
     "python3-venv",
+    "nftables",
+    "iptables",
+    "bpftool",
 ];
 
 /// kubernetes-validate (PyPI), which checks the manifests in deploy/ against the Kubernetes

@@ -505,6 +505,10 @@ impl Controller {
                 "maps updated"
             );
         }
+        if applied.added + applied.changed + applied.removed >= TRIM_AFTER {
+            drop(desired);
+            release_freed_memory();
+        }
         self.map_problems = problems;
         self.publish_problems();
         self.count_entries();
@@ -645,5 +649,21 @@ impl Controller {
             tracing::warn!(error = %e, "cannot write the status file");
         }
         self.observers.status.send_replace(self.status.clone());
+    }
+}
+
+/// Map writes after which the memory freed by the computation is handed back.
+const TRIM_AFTER: usize = 1000;
+
+/// Gives the pages that freed allocations leave behind back to the kernel. Computing the maps'
+/// content for a large policy allocates transiently several times what the agent keeps; glibc
+/// keeps those pages (they are not at the top of the heap), so the resident size would stay
+/// at the peak for the agent's whole life. `malloc_trim` also returns free pages inside the
+/// heap (glibc ≥ 2.8). Other allocators (musl, in the static image) are left alone.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

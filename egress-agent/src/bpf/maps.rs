@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, OwnedFd},
 };
 
 use aya::{
@@ -33,7 +34,12 @@ pub struct PinnedMaps {
     classes: HashMap<MapData, u64, ClassId>,
     sockets: HashMap<MapData, ClassId, SocketKinds>,
     max_entries: u32,
+    /// The exact-address maps' fds again, for batch updates (aya 0.14 has none).
+    batch_fds: Option<(OwnedFd, OwnedFd)>,
 }
+
+/// Elements per batch update: bounds the buffers, and each call's time in the kernel.
+const BATCH: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -59,9 +65,23 @@ impl PinnedMaps {
             let map = take(name).ok_or(OpenError::Missing { name })?;
             T::try_from(map).map_err(|source| OpenError::Map { name, source })
         }
+        fn dup(map: &Map) -> Option<OwnedFd> {
+            match map {
+                Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+                _ => None,
+            }
+        }
+        let v4 = take(maps::ALLOW_V4).ok_or(OpenError::Missing {
+            name: maps::ALLOW_V4,
+        })?;
+        let v6 = take(maps::ALLOW_V6).ok_or(OpenError::Missing {
+            name: maps::ALLOW_V6,
+        })?;
+        let batch_fds = dup(&v4).zip(dup(&v6));
+        let (mut v4, mut v6) = (Some(v4), Some(v6));
         Ok(Self {
-            allow_v4: typed(&mut take, maps::ALLOW_V4)?,
-            allow_v6: typed(&mut take, maps::ALLOW_V6)?,
+            allow_v4: typed(&mut |_| v4.take(), maps::ALLOW_V4)?,
+            allow_v6: typed(&mut |_| v6.take(), maps::ALLOW_V6)?,
             cidr_v4: typed(&mut take, maps::CIDR_V4)?,
             cidr_v6: typed(&mut take, maps::CIDR_V6)?,
             ports: typed(&mut take, maps::PORTS)?,
@@ -71,6 +91,7 @@ impl PinnedMaps {
             classes: typed(&mut take, maps::CLASSES)?,
             sockets: typed(&mut take, maps::SOCKETS)?,
             max_entries,
+            batch_fds,
         })
     }
 
@@ -356,6 +377,59 @@ impl MapStore for PinnedMaps {
         r.map_err(|e| insert_error(map, key.to_string(), cap, e))
     }
 
+    /// Runs of exact addresses go to the kernel in batches (one call for thousands instead
+    /// of one each); prefixes (the LPM trie has no batch update) and kernels without batch
+    /// updates take the single updates.
+    fn put_entries(&mut self, items: &[(EntryKey, AllowEntry)]) -> (usize, Result<(), StoreError>) {
+        let mut done = 0;
+        while done < items.len() {
+            let rest = &items[done..];
+            let (written, r) = match rest[0].0.target {
+                Target::V4(_) => {
+                    let run = run_of(rest, |t| matches!(t, Target::V4(_)));
+                    let keys: Vec<V4Key> = run
+                        .iter()
+                        .map(|(k, _)| match k.target {
+                            Target::V4(a) => V4Key {
+                                class: k.class,
+                                addr: a.octets(),
+                                reserved: [0; 4],
+                            },
+                            _ => unreachable!("a run of IPv4 addresses"),
+                        })
+                        .collect();
+                    self.batch(false, run, &keys)
+                }
+                Target::V6(_) => {
+                    let run = run_of(rest, |t| matches!(t, Target::V6(_)));
+                    let keys: Vec<V6Key> = run
+                        .iter()
+                        .map(|(k, _)| match k.target {
+                            Target::V6(a) => V6Key {
+                                class: k.class,
+                                addr: a.octets(),
+                            },
+                            _ => unreachable!("a run of IPv6 addresses"),
+                        })
+                        .collect();
+                    self.batch(true, run, &keys)
+                }
+                Target::Net4(_) | Target::Net6(_) => {
+                    let (key, value) = &rest[0];
+                    match self.put_entry(key, value) {
+                        Ok(()) => (1, Ok(())),
+                        Err(e) => (0, Err(e)),
+                    }
+                }
+            };
+            done += written;
+            if r.is_err() {
+                return (done, r);
+            }
+        }
+        (done, Ok(()))
+    }
+
     fn remove_entry(&mut self, key: &EntryKey) -> Result<(), StoreError> {
         let map = map_of(key);
         let class = key.class;
@@ -414,3 +488,73 @@ impl MapStore for PinnedMaps {
             .map_err(|e| syscall("write", maps::CONFIG, "0".into(), e))
     }
 }
+
+/// The leading items of `items` whose targets are `kind`, at most [`BATCH`].
+fn run_of(
+    items: &[(EntryKey, AllowEntry)],
+    kind: impl Fn(&Target) -> bool,
+) -> &[(EntryKey, AllowEntry)] {
+    let n = items
+        .iter()
+        .take(BATCH)
+        .take_while(|(k, _)| kind(&k.target))
+        .count();
+    &items[..n]
+}
+
+impl PinnedMaps {
+    /// One batch update of the exact-address map of a family; without batch updates (Linux
+    /// before 5.6, or an fd that could not be duplicated) the single updates.
+    fn batch<K: Copy>(
+        &mut self,
+        v6: bool,
+        run: &[(EntryKey, AllowEntry)],
+        keys: &[K],
+    ) -> (usize, Result<(), StoreError>) {
+        let single = |maps: &mut Self| {
+            for (i, (key, value)) in run.iter().enumerate() {
+                if let Err(e) = maps.put_entry(key, value) {
+                    return (i, Err(e));
+                }
+            }
+            (run.len(), Ok(()))
+        };
+        let Some((fd4, fd6)) = &self.batch_fds else {
+            return single(self);
+        };
+        let fd = if v6 { fd6 } else { fd4 };
+        let values: Vec<AllowEntry> = run.iter().map(|(_, v)| *v).collect();
+        let (written, r) = super::sys::map_update_batch(fd.as_fd(), keys, &values);
+        match r {
+            Ok(()) => (written, Ok(())),
+            // No batch operations for this map type or kernel: not an error of the entries.
+            Err(e)
+                if written == 0
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOTSUP | libc::ENOSYS | ENOTSUPP)
+                    ) =>
+            {
+                tracing::debug!(error = %e, "no batch map updates; writing entries one by one");
+                self.batch_fds = None;
+                single(self)
+            }
+            Err(e) => {
+                let (key, _) = &run[written.min(run.len() - 1)];
+                let map = map_of(key);
+                let e = MapError::SyscallError(SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error: e,
+                });
+                (
+                    written,
+                    Err(insert_error(map, key.to_string(), self.max_entries, e)),
+                )
+            }
+        }
+    }
+}
+
+/// The kernel's internal "operation not supported" (include/linux/errno.h), which bpf(2)
+/// returns to user space for map types without batch operations.
+const ENOTSUPP: i32 = 524;

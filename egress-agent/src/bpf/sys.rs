@@ -1,6 +1,7 @@
 //! The bpf(2) commands aya 0.14 does not expose: opening a pinned link as a plain fd
 //! (`BPF_OBJ_GET`), swapping the program behind a link (`BPF_LINK_UPDATE`, Linux ≥ 5.7 for
-//! cgroup links) and detaching it at once (`BPF_LINK_DETACH`, Linux ≥ 5.9). Swapping in place is what lets a restarted or upgraded agent replace its
+//! cgroup links) and detaching it at once (`BPF_LINK_DETACH`, Linux ≥ 5.9), and writing many
+//! hash map elements in one call (`BPF_MAP_UPDATE_BATCH`, Linux ≥ 5.6). Swapping in place is what lets a restarted or upgraded agent replace its
 //! programs with no instant in which the cgroup runs none (fail-open) or two (needless cost).
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -81,4 +83,30 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     // struct { __u32 link_fd; }
     attr.put_u32(0, link.as_raw_fd() as u32);
     bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+/// Writes `keys[i]` → `values[i]` into the hash map `map`, in order, in one call. Each
+/// element is replaced in one step, as by a single update (the kernel runs the same update
+/// for each: `generic_map_update_batch` in kernel/bpf/syscall.c). Returns how many were
+/// written, and the error that stopped the rest.
+pub fn map_update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> (usize, io::Result<()>) {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let Ok(count) = u32::try_from(keys.len()) else {
+        return (0, Err(io::Error::from(io::ErrorKind::InvalidInput)));
+    };
+    let mut attr = Attr::new();
+    // struct { __aligned_u64 in_batch, out_batch, keys, values; __u32 count, map_fd;
+    //          __u64 elem_flags, flags; } batch;
+    attr.put_u64(16, keys.as_ptr() as u64);
+    attr.put_u64(24, values.as_ptr() as u64);
+    attr.put_u32(32, count);
+    attr.put_u32(36, map.as_raw_fd() as u32);
+    let r = bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(|_| ());
+    // The kernel writes back how many elements it processed, on success and on error.
+    let done = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes")) as usize;
+    (done.min(keys.len()), r)
 }

@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use egress_common::{
@@ -62,13 +63,49 @@ impl Desired {
     }
 }
 
+/// A set kept as a sorted vector. A destination has one source or a few: a B-tree node for
+/// its sources and another for its labels (with a copy of each label) made a destination
+/// cost about a kilobyte while the maps' content was computed — 100 MB for 100k addresses.
+#[derive(Clone, Debug)]
+struct SortedSet<T>(Vec<T>);
+
+impl<T> Default for SortedSet<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: Ord + Clone> SortedSet<T> {
+    fn insert(&mut self, value: T) {
+        if let Err(at) = self.0.binary_search(&value) {
+            self.0.insert(at, value);
+        }
+    }
+
+    fn extend(&mut self, other: &Self) {
+        for v in &other.0 {
+            self.insert(v.clone());
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
 /// What rules contribute to one destination.
 #[derive(Default, Clone)]
 struct Contribution {
     allow: PortSet,
     deny: PortSet,
-    sources: BTreeSet<SourceId>,
-    labels: BTreeSet<String>,
+    sources: SortedSet<SourceId>,
+    /// Shared with the rule or hostname they name (one allocation per label, not per
+    /// destination).
+    labels: SortedSet<Arc<str>>,
     /// 0 when some source never expires (a literal address), else the latest expiry.
     expires_at: Option<u64>,
 }
@@ -79,7 +116,7 @@ impl Contribution {
         action: Action,
         ports: &PortSet,
         source: SourceId,
-        label: &str,
+        label: &Arc<str>,
         expires_at: u64,
     ) {
         match action {
@@ -87,7 +124,7 @@ impl Contribution {
             Action::Deny => self.deny.union(ports),
         }
         self.sources.insert(source);
-        self.labels.insert(label.to_owned());
+        self.labels.insert(Arc::clone(label));
         self.expires_at = Some(match self.expires_at {
             None => expires_at,
             Some(0) => 0,
@@ -113,8 +150,8 @@ impl Contribution {
     fn inherit(&mut self, covering: &Contribution) {
         self.allow.union(&covering.allow);
         self.deny.union(&covering.deny);
-        self.sources.extend(covering.sources.iter().copied());
-        self.labels.extend(covering.labels.iter().cloned());
+        self.sources.extend(&covering.sources);
+        self.labels.extend(&covering.labels);
     }
 }
 
@@ -128,10 +165,20 @@ pub fn host_port_overflows(policy: &Policy) -> Vec<(String, TooManyRanges, Vec<S
         .filter_map(|(host, rules)| {
             let mut c = Contribution::default();
             for rule in &rules {
-                c.add(rule.action, &rule.ports, SourceId(0), &rule.label, 0);
+                c.add(
+                    rule.action,
+                    &rule.ports,
+                    SourceId(0),
+                    &rule.label.as_str().into(),
+                    0,
+                );
             }
             let err = c.ports(policy.default_action).to_kernel().err()?;
-            Some((host.to_string(), err, c.labels.into_iter().collect()))
+            Some((
+                host.to_string(),
+                err,
+                c.labels.iter().map(|l| l.to_string()).collect(),
+            ))
         })
         .collect()
 }
@@ -421,6 +468,7 @@ fn contributions(
 
     for rule in &rules {
         let id = source_id(SourceKind::RULE, &rule.label);
+        let label: Arc<str> = rule.label.as_str().into();
         for net in &rule.nets {
             let key = Target::from_net(*net);
             let target = if key.is_prefix() {
@@ -431,7 +479,7 @@ fn contributions(
             target
                 .entry(key)
                 .or_default()
-                .add(rule.action, &rule.ports, id, &rule.label, 0);
+                .add(rule.action, &rule.ports, id, &label, 0);
         }
     }
 
@@ -444,16 +492,18 @@ fn contributions(
     }
     for (host, rules) in by_host {
         let id = source_id(SourceKind::HOST, host.as_str());
+        let label: Arc<str> = host.as_str().into();
         for (addr, until) in hosts.live(host, now) {
             let c = exact.entry(Target::from_addr(addr)).or_default();
             for rule in &rules {
-                c.add(rule.action, &rule.ports, id, host.as_str(), until);
+                c.add(rule.action, &rule.ports, id, &label, until);
             }
         }
     }
 
     if !resolvers.is_empty() {
         let id = source_id(SourceKind::DNS_RESOLVER, DNS_RESOLVER_LABEL);
+        let label: Arc<str> = DNS_RESOLVER_LABEL.into();
         let mut dns = PortSet::default();
         for p in Protocol::BOTH {
             dns.insert(p, 53, 53);
@@ -463,7 +513,7 @@ fn contributions(
                 Action::Allow,
                 &dns,
                 id,
-                DNS_RESOLVER_LABEL,
+                &label,
                 0,
             );
         }
@@ -532,7 +582,7 @@ fn entries(
             Err(e) => desired.closed.push((
                 EntryKey::new(class, *target),
                 e,
-                c.labels.iter().cloned().collect(),
+                c.labels.iter().map(|l| l.to_string()).collect(),
             )),
         }
         out.insert(*target, entry);

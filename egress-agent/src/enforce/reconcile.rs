@@ -75,6 +75,16 @@ pub trait MapStore {
     fn read_sources(&self) -> Result<BTreeMap<SourceId, SourceRecord>, StoreError>;
     fn read_config(&self) -> Result<Config, StoreError>;
     fn put_entry(&mut self, key: &EntryKey, value: &AllowEntry) -> Result<(), StoreError>;
+    /// Writes `items` in order; returns how many were written before the first failure,
+    /// and that failure. A store may write many in one call (the kernel's batch update).
+    fn put_entries(&mut self, items: &[(EntryKey, AllowEntry)]) -> (usize, Result<(), StoreError>) {
+        for (i, (key, value)) in items.iter().enumerate() {
+            if let Err(e) = self.put_entry(key, value) {
+                return (i, Err(e));
+            }
+        }
+        (items.len(), Ok(()))
+    }
     fn remove_entry(&mut self, key: &EntryKey) -> Result<(), StoreError>;
     fn put_ports(&mut self, id: PortSetId, set: &PortRanges) -> Result<(), StoreError>;
     fn remove_ports(&mut self, id: PortSetId) -> Result<(), StoreError>;
@@ -118,6 +128,9 @@ pub struct Applied {
 /// How long a port set no entry refers to is kept before it is removed: far longer than any
 /// program run, which is all the time a reader of an old entry value needs.
 pub const PORT_SET_RETIREMENT: Duration = Duration::from_secs(2);
+
+/// Additions and removals after which the mirror is rebuilt compactly.
+const COMPACT_AFTER: usize = 1000;
 
 pub struct Reconciler<S> {
     store: S,
@@ -247,22 +260,29 @@ impl<S: MapStore> Reconciler<S> {
                 }
             }
         }
-        for (key, entry) in &desired.entries {
-            let current = self.entries.get(key);
-            if current == Some(entry) {
-                continue;
-            }
-            if entry.ports != PortSetId::NONE
-                && (!self.ports.contains_key(&entry.ports) || collided.contains(&entry.ports))
-            {
-                continue; // its port set could not be written; the failure is noted
-            }
-            if note(self.store.put_entry(key, entry)) {
-                match current {
+        let writes: Vec<(EntryKey, AllowEntry)> = desired
+            .entries
+            .iter()
+            .filter(|(key, entry)| self.entries.get(key) != Some(entry))
+            // An entry whose port set could not be written waits (the failure is noted).
+            .filter(|(_, entry)| {
+                entry.ports == PortSetId::NONE
+                    || (self.ports.contains_key(&entry.ports) && !collided.contains(&entry.ports))
+            })
+            .map(|(key, entry)| (*key, *entry))
+            .collect();
+        let mut next = 0;
+        while next < writes.len() {
+            let (written, r) = self.store.put_entries(&writes[next..]);
+            for (key, entry) in &writes[next..next + written] {
+                match self.entries.insert(*key, *entry) {
                     Some(_) => applied.changed += 1,
                     None => applied.added += 1,
                 }
-                self.entries.insert(*key, *entry);
+            }
+            next += written;
+            if !note(r) {
+                next += 1; // the one that failed; the rest are still tried
             }
         }
         // A class's socket kinds are in before its pods are placed, and removed after.
@@ -333,6 +353,11 @@ impl<S: MapStore> Reconciler<S> {
         }
         let r = self.retire_port_sets(Instant::now());
         note(r);
+        if applied.added + applied.removed >= COMPACT_AFTER {
+            // Keys inserted in ascending order leave the B-tree's nodes half full: rebuilt
+            // from its sorted content, the mirror of a 100k policy takes half the memory.
+            self.entries = std::mem::take(&mut self.entries).into_iter().collect();
+        }
         match failure {
             None => Ok(applied),
             Some(e) => Err(e.into()),
