@@ -273,10 +273,11 @@ async fn enforce(
     let at = now();
     cache.sync(policy.hosts().into_keys(), at);
 
+    let held = maps.read_entries()?;
     let reconciler = Reconciler::new(maps)?;
     // Adopt from this generation, or from the one this agent replaces.
     let adopted = match &previous {
-        Some(old) if reconciler.entries().is_empty() => match PinnedMaps::open(old) {
+        Some(old) if held.is_empty() => match PinnedMaps::open(old) {
             Ok(old_maps) => adopt(
                 &mut cache,
                 &old_maps.read_entries()?,
@@ -288,8 +289,9 @@ async fn enforce(
                 0
             }
         },
-        _ => adopt(&mut cache, reconciler.entries(), reconciler.sources(), at),
+        _ => adopt(&mut cache, &held, reconciler.sources(), at),
     };
+    drop(held);
     if adopted > 0 {
         tracing::info!(addresses = adopted, "adopted addresses from pinned maps");
     }

@@ -132,9 +132,37 @@ pub const PORT_SET_RETIREMENT: Duration = Duration::from_secs(2);
 /// Additions and removals after which the mirror is rebuilt compactly.
 const COMPACT_AFTER: usize = 1000;
 
+/// What the mirror keeps of an entry the maps hold: which port set it names (for retiring
+/// sets) and a fingerprint of its 88 bytes (to tell whether the map holds the desired value)
+/// — 16 bytes instead of the entry, which with 100k entries is 7 MB of the agent's memory.
+/// A 64-bit FNV-1a collision between an entry and its replacement would leave the old value
+/// in place until the next change of that entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub ports: PortSetId,
+    fingerprint: u64,
+}
+
+impl Held {
+    pub fn of(entry: &AllowEntry) -> Self {
+        // SAFETY: AllowEntry is plain old data without padding (see egress-common's size
+        // assertions); its bytes are initialised.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (entry as *const AllowEntry).cast::<u8>(),
+                std::mem::size_of::<AllowEntry>(),
+            )
+        };
+        Self {
+            ports: entry.ports,
+            fingerprint: crate::hash::fnv1a(bytes.iter().copied()),
+        }
+    }
+}
+
 pub struct Reconciler<S> {
     store: S,
-    entries: BTreeMap<EntryKey, AllowEntry>,
+    entries: BTreeMap<EntryKey, Held>,
     ports: BTreeMap<PortSetId, PortRanges>,
     sources: BTreeMap<SourceId, SourceRecord>,
     config: Config,
@@ -149,7 +177,11 @@ impl<S: MapStore> Reconciler<S> {
     /// Takes over `store`, reading what it holds.
     pub fn new(store: S) -> Result<Self, StoreError> {
         Ok(Self {
-            entries: store.read_entries()?,
+            entries: store
+                .read_entries()?
+                .iter()
+                .map(|(k, e)| (*k, Held::of(e)))
+                .collect(),
             ports: store.read_ports()?,
             sources: store.read_sources()?,
             config: store.read_config()?,
@@ -167,7 +199,8 @@ impl<S: MapStore> Reconciler<S> {
         self
     }
 
-    pub fn entries(&self) -> &BTreeMap<EntryKey, AllowEntry> {
+    /// The entries the maps hold (as the mirror keeps them).
+    pub fn entries(&self) -> &BTreeMap<EntryKey, Held> {
         &self.entries
     }
 
@@ -263,7 +296,7 @@ impl<S: MapStore> Reconciler<S> {
         let writes: Vec<(EntryKey, AllowEntry)> = desired
             .entries
             .iter()
-            .filter(|(key, entry)| self.entries.get(key) != Some(entry))
+            .filter(|(key, entry)| self.entries.get(key) != Some(&Held::of(entry)))
             // An entry whose port set could not be written waits (the failure is noted).
             .filter(|(_, entry)| {
                 entry.ports == PortSetId::NONE
@@ -275,7 +308,7 @@ impl<S: MapStore> Reconciler<S> {
         while next < writes.len() {
             let (written, r) = self.store.put_entries(&writes[next..]);
             for (key, entry) in &writes[next..next + written] {
-                match self.entries.insert(*key, *entry) {
+                match self.entries.insert(*key, Held::of(entry)) {
                     Some(_) => applied.changed += 1,
                     None => applied.added += 1,
                 }
