@@ -15,12 +15,12 @@
 //! root: [`require_root`] fails a test loudly where that is missing.
 
 pub mod agent;
+pub mod allow_all;
 pub mod cgroup;
 pub mod kubeapi;
 pub mod netns;
 pub mod pod;
 pub mod probe;
-pub mod rogue;
 pub mod servers;
 pub mod sniffer;
 pub mod tls;

@@ -430,14 +430,15 @@ fn sockets_keep_their_cgroup_children_are_covered_and_a_rogue_program_cannot_ove
     }
 
     let app = world.cgroup.child("app").unwrap();
-    let rogue = egress_tests::rogue::allow_all_connect4().expect("load the rogue program");
+    use egress_tests::allow_all::{self, BPF_CGROUP_INET4_CONNECT};
+    let rogue = allow_all::load(BPF_CGROUP_INET4_CONNECT).expect("load the rogue program");
     for flags in [
-        egress_tests::rogue::BPF_F_ALLOW_MULTI,
-        egress_tests::rogue::BPF_F_ALLOW_OVERRIDE,
+        allow_all::BPF_F_ALLOW_MULTI,
+        allow_all::BPF_F_ALLOW_OVERRIDE,
         0,
     ] {
         // Whether or not the kernel takes it, the denial must stand.
-        let attached = egress_tests::rogue::attach_connect4(&rogue, &app, flags);
+        let attached = allow_all::attach(&rogue, &app, BPF_CGROUP_INET4_CONNECT, flags);
         let r = probe::run_in(&world.pod, &app, &[("tcp", &format!("{EVIL4}:443"))]);
         assert!(
             r[0].denied(),
