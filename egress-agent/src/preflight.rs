@@ -5,7 +5,10 @@
 
 use std::path::Path;
 
-use crate::bpf::{fs, kernel};
+use crate::bpf::{
+    fs,
+    kernel::{self, KernelVersion},
+};
 
 /// The outcome of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +172,37 @@ fn bpf_syscall_check() -> Outcome {
     }
     // SAFETY: closing the fd just created.
     unsafe { libc::close(fd as libc::c_int) };
+    // A one-entry map fits any limit; the agent's maps (tens of MiB) do not fit the 64 KiB a
+    // container often gets, and only CAP_SYS_RESOURCE lifts it.
+    let charged = kernel::running_release()
+        .ok()
+        .and_then(|r| KernelVersion::parse(&r))
+        .is_some_and(|v| v < KernelVersion(5, 11));
+    let limit = memlock_limit();
+    if charged && limit < MEMLOCK_NEEDED {
+        return Outcome::Fail(format!(
+            "RLIMIT_MEMLOCK is {} KiB and cannot be raised: before Linux 5.11 BPF maps are \
+             charged to it; grant CAP_SYS_RESOURCE (the DaemonSet does) or raise the limit",
+            limit / 1024
+        ));
+    }
     Outcome::Ok("maps can be created".into())
+}
+
+/// What the agent's maps need under RLIMIT_MEMLOCK accounting, with room (the default
+/// capacities take about 24 MiB).
+const MEMLOCK_NEEDED: u64 = 1 << 30;
+
+fn memlock_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return 0;
+    }
+    r.rlim_cur
 }
 
 /// Lifts RLIMIT_MEMLOCK (best effort: it needs CAP_SYS_RESOURCE).

@@ -29,6 +29,15 @@ pub fn binary() -> PathBuf {
     crate::agent::target_dir().join("egress-probe")
 }
 
+/// The benchmark binary (its `watch` runs in the cgroup for the reload test): beside the
+/// probe, or `EGRESS_BENCH_BIN`.
+pub fn bench_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_BENCH_BIN") {
+        return p.into();
+    }
+    crate::agent::target_dir().join("egress-bench")
+}
+
 /// Runs the operations (`(op, addr)` pairs) in one probe process in `pod`.
 pub fn run(pod: &Pod, ops: &[(&str, &str)]) -> Vec<Outcome> {
     run_in(pod, &pod.cgroup, ops)

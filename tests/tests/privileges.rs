@@ -141,8 +141,8 @@ fn the_running_agent_keeps_only_bpf_and_net_admin_and_its_files_are_its_own() {
     assert!(r[0].denied(), "{r:?}");
 }
 
-/// The DaemonSet's container gets exactly CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN — no
-/// CAP_SETPCAP, so the bounding set cannot be reduced: the agent still drops CAP_SYS_ADMIN
+/// The DaemonSet's container gets exactly CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and
+/// CAP_SYS_RESOURCE — no CAP_SETPCAP, so the bounding set cannot be reduced: the agent still drops CAP_SYS_ADMIN
 /// from every thread's effective and permitted sets, with no_new_privs (which makes the
 /// bounding set moot), and enforces.
 #[test]
@@ -151,7 +151,11 @@ fn with_the_daemonsets_capabilities_the_agent_still_drops_to_bpf_and_net_admin()
     zone.set("api.allowed.test", &["198.51.100.10"], 300);
     let world = World::new(zone).unwrap();
     world.write_policy(&native("  - hosts: [api.allowed.test]\n    ports: [443]\n"));
-    let granted = (1u64 << CAP_BPF) | (1u64 << CAP_NET_ADMIN) | (1u64 << 21);
+    // BPF, NET_ADMIN, SYS_ADMIN (21), SYS_RESOURCE (24), as deploy/daemonset.yaml adds them.
+    // (This machine's root itself lacks SYS_RESOURCE: what is granted is also bounded by it.)
+    let ours = parse_status(&std::fs::read_to_string("/proc/self/status").unwrap()).unwrap();
+    let granted =
+        ((1u64 << CAP_BPF) | (1u64 << CAP_NET_ADMIN) | (1u64 << 21) | (1u64 << 24)) & ours.bounding;
     let mut agent = world.start_agent_with_capabilities(&[], Some(granted));
     agent.wait_ready(WAIT);
     let status = agent.wait_for(WAIT, "capabilities dropped", |s| !s.capabilities.is_empty());

@@ -17,7 +17,7 @@ use std::{
 };
 
 use egress_tests::{
-    agent::{Agent, target_dir},
+    agent::Agent,
     probe,
     world::{WAIT, World},
     zonesrv::Zone,
@@ -93,7 +93,7 @@ fn watch_during(world: &World, agent: &mut Agent, text: &str) -> Watched {
         .join(format!("stop-{}", egress_tests::unique("")));
     let mut child = world
         .pod
-        .command(target_dir().join("egress-bench"))
+        .command(egress_tests::probe::bench_binary())
         .arg("watch")
         .arg(&stop)
         .arg(format!("both={}", both_sample().join(",")))

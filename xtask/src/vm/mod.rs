@@ -229,6 +229,8 @@ struct Binaries {
     init: PathBuf,
     agent: PathBuf,
     probe: PathBuf,
+    /// The benchmark binary, whose `watch` the reload test runs in the cgroup.
+    bench: PathBuf,
     /// (name, path) of each end-to-end test binary.
     tests: Vec<(String, PathBuf)>,
 }
@@ -265,6 +267,7 @@ fn build(root: &Path) -> anyhow::Result<Binaries> {
         init: bin.join("egress-vm-init"),
         agent: bin.join("egress-agent"),
         probe: bin.join("egress-probe"),
+        bench: bin.join("egress-bench"),
         tests,
     })
 }
@@ -301,6 +304,10 @@ fn pack(binaries: &Binaries, kernel: &Kernel, stage: &Path) -> anyhow::Result<In
         "/vm/bin/egress-probe",
         &strip(&binaries.probe, "egress-probe")?,
     )?;
+    fs.executable(
+        "/vm/bin/egress-bench",
+        &strip(&binaries.bench, "egress-bench")?,
+    )?;
     let mut plan = String::new();
     for module in MODULES {
         for path in
@@ -336,6 +343,7 @@ fn pack(binaries: &Binaries, kernel: &Kernel, stage: &Path) -> anyhow::Result<In
         ),
         ("EGRESS_AGENT_BIN", "/vm/bin/egress-agent"),
         ("EGRESS_PROBE_BIN", "/vm/bin/egress-probe"),
+        ("EGRESS_BENCH_BIN", "/vm/bin/egress-bench"),
         ("RUST_BACKTRACE", "1"),
         ("HOME", "/tmp"),
         // An emulated agent start takes seconds: 20 kills there, the full 100 on the host.
