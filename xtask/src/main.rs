@@ -33,7 +33,7 @@ enum Task {
     /// Set up, lint, and run every test: unit tests, the privileged end-to-end tests on this
     /// kernel, then the same end-to-end tests on the VM kernel matrix (needs root).
     Test {
-        /// Skip rustfmt and clippy.
+        /// Skip the lint step (rustfmt, the manifests' validation, clippy).
         #[arg(long)]
         no_lint: bool,
         /// Skip the VM kernel matrix (`cargo xtask vm-test` runs it alone).
@@ -44,7 +44,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// rustfmt check and clippy with warnings denied, host crates and the eBPF crate.
+    /// rustfmt check, the Kubernetes manifests' validation, and clippy with warnings denied,
+    /// host crates and the eBPF crate.
     Lint,
     /// Build the agent statically and its container image (Dockerfile) with podman, and run
     /// `egress-agent --version` from the image (installs podman if missing).
@@ -54,7 +55,7 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Measure what enforcement costs (per connect, against no program, an empty program,
     /// nftables and iptables; policy load; memory) and print the figures and targets
-    /// (needs root; release build; about 20 minutes, `--quick` a few).
+    /// (needs root; release build, then about 4 minutes; `--quick` about one).
     Bench(bench::BenchArgs),
     /// Run the end-to-end suite on several kernels, each booted under QEMU (needs root to
     /// install QEMU; fetches Debian's cloud kernels).

@@ -117,7 +117,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let nets: Vec<String> = rule.nets.iter().map(ToString::to_string).collect();
             println!("        addresses: {}", nets.join(", "));
         }
-        println!("        ports: {}", rule.ports);
+        if rule.sockets == egress_common::SocketKinds::NONE {
+            println!("        ports: {}", rule.ports);
+        } else {
+            let kinds: Vec<&str> = [
+                (egress_common::SocketKinds::RAW, "raw"),
+                (egress_common::SocketKinds::ICMP, "icmp"),
+                (egress_common::SocketKinds::PACKET, "packet"),
+                (egress_common::SocketKinds::OTHER, "other"),
+            ]
+            .into_iter()
+            .filter(|(k, _)| rule.sockets.contains(*k))
+            .map(|(_, name)| name)
+            .collect();
+            println!("        sockets: {}", kinds.join(", "));
+        }
         if !rule.scope.node_wide() {
             println!("        for: {}", rule.scope);
         }

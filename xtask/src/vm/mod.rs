@@ -348,6 +348,8 @@ fn pack(binaries: &Binaries, kernel: &Kernel, stage: &Path) -> anyhow::Result<In
         ("HOME", "/tmp"),
         // An emulated agent start takes seconds: 20 kills there, the full 100 on the host.
         ("EGRESS_CHAOS_KILLS", "20"),
+        // And a 100k-entry reload takes minutes there: 10k entries per policy.
+        ("EGRESS_RELOAD_ENTRIES", "10000"),
     ] {
         plan.push_str(&format!("env {key}={value}\n"));
     }
