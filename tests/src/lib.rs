@@ -21,6 +21,7 @@ pub mod kubeapi;
 pub mod netns;
 pub mod pod;
 pub mod probe;
+pub mod prober;
 pub mod servers;
 pub mod sniffer;
 pub mod tls;

@@ -1,102 +1,25 @@
 //! Restarts, crashes and upgrades never open a window: pinned programs and maps keep
 //! enforcing while no agent runs, and a new agent takes over in place.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::time::Duration;
 
 use egress_tests::{
     pod::Pod,
     probe,
-    world::{WAIT, World, native},
-    zonesrv::Zone,
+    prober::{ALLOWED, Prober, pod, policy, zone},
+    world::{WAIT, World},
 };
 
-const ALLOWED: [(&str, &str); 3] = [
-    ("tcp", "198.51.100.10:443"),
-    ("tcp", "[2001:db8:100::10]:443"),
-    ("udp-sendto", "198.51.100.10:123"),
-];
 const UNLISTED: [(&str, &str); 3] = [
     ("tcp", "203.0.113.66:443"),
     ("tcp", "[2001:db8:100::66]:443"),
     ("udp-sendto", "203.0.113.66:9999"),
 ];
 
-fn zone() -> Zone {
-    let mut zone = Zone::new();
-    // A short TTL, so that the agent refreshes (and rewrites entries) while the test runs.
-    zone.set(
-        "api.allowed.test",
-        &["198.51.100.10", "2001:db8:100::10"],
-        2,
-    );
-    zone
-}
-
-fn policy() -> String {
-    native(
-        "  - hosts: [api.allowed.test]\n    ports: [443]\n  - hosts: [api.allowed.test]\n    ports: [123]\n    protocol: UDP\n",
-    )
-}
-
-/// Probes allowed and unlisted destinations from the pod until stopped; returns the wrong
-/// verdicts seen and the number of rounds.
-struct Prober {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<(Vec<String>, usize)>,
-}
-
-impl Prober {
-    fn start(pod: Pod) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut wrong = Vec::new();
-            let mut rounds = 0;
-            let ops: Vec<(&str, &str)> = ALLOWED.iter().chain(UNLISTED.iter()).copied().collect();
-            while !flag.load(Ordering::Relaxed) {
-                let r = probe::run(&pod, &ops);
-                for o in &r[..ALLOWED.len()] {
-                    if !o.ok {
-                        wrong.push(format!("allowed refused: {o:?}"));
-                    }
-                }
-                for o in &r[ALLOWED.len()..] {
-                    if !o.denied() {
-                        wrong.push(format!("unlisted not refused: {o:?}"));
-                    }
-                }
-                rounds += 1;
-            }
-            (wrong, rounds)
-        });
-        Self { stop, handle }
-    }
-
-    fn finish(self) -> (Vec<String>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().expect("prober thread")
-    }
-}
-
-fn pod(world: &World) -> Pod {
-    Pod::new(
-        &world.cgroup.pod(),
-        &world.pod_ns,
-        &world.dir().join("resolv.conf"),
-    )
-}
-
 #[test]
 fn kill_9_and_restart_under_continuous_connections_never_gives_a_wrong_verdict() {
     let (world, mut agent) = World::enforcing(zone(), &policy(), &["--min-ttl", "1s"]);
-    let prober = Prober::start(pod(&world));
+    let prober = Prober::start(pod(&world), &UNLISTED);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(150));
         agent.kill9();
@@ -154,7 +77,7 @@ fn sigterm_leaves_enforcement_in_place_new_cgroups_included_and_detach_removes_i
 #[test]
 fn a_restart_with_another_capacity_migrates_the_maps_without_a_window() {
     let (world, mut agent) = World::enforcing(zone(), &policy(), &["--max-entries", "1024"]);
-    let prober = Prober::start(pod(&world));
+    let prober = Prober::start(pod(&world), &UNLISTED);
     std::thread::sleep(Duration::from_millis(200));
     agent.kill9();
     let mut agent = world.start_agent(&["--max-entries", "4096"]);

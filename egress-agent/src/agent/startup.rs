@@ -218,6 +218,20 @@ async fn track_pods(
     )))
 }
 
+/// Loads the programs (the packet-socket one where the node can run it) against the pins.
+fn load_programs(
+    config: &AgentConfig,
+    pins: &Pins,
+) -> Result<(bpf::Loaded, PinnedMaps), AgentError> {
+    let coverage = packet_socket_coverage();
+    Ok(bpf::load(
+        pins,
+        config.max_entries,
+        config.event_buffer,
+        coverage.as_ref().map(|_| ()).map_err(String::as_str),
+    )?)
+}
+
 /// Whether packet sockets can be refused on this node (the BPF LSM is active); if not, why.
 /// Raw and ICMP sockets are refused on every supported kernel (`cgroup/sock_create`).
 fn packet_socket_coverage() -> Result<(), String> {
@@ -248,15 +262,7 @@ async fn enforce(
     for note in &policy.notes {
         tracing::info!(note = %note, "policy note");
     }
-    let (mut loaded, maps) = bpf::load(
-        pins,
-        config.max_entries,
-        config.event_buffer,
-        packet_socket_coverage()
-            .as_ref()
-            .map(|_| ())
-            .map_err(String::as_str),
-    )?;
+    let (mut loaded, maps) = load_programs(config, pins)?;
     match &loaded.packet_sockets {
         Ok(()) => tracing::info!(
             "packet sockets (AF_PACKET), AF_XDP and other non-IP families are refused at creation"
@@ -384,15 +390,7 @@ fn fail_closed(config: &AgentConfig, pins: &Pins, cgroup: &Cgroup) -> Result<Str
         tracing::warn!("{msg}");
         return Ok(msg);
     }
-    let (mut loaded, maps) = bpf::load(
-        pins,
-        config.max_entries,
-        config.event_buffer,
-        packet_socket_coverage()
-            .as_ref()
-            .map(|_| ())
-            .map_err(String::as_str),
-    )?;
+    let (mut loaded, maps) = load_programs(config, pins)?;
     let mut reconciler = Reconciler::new(maps)?;
     let deny_all = crate::enforce::compute(&Policy::default(), &HostCache::default(), &[], now());
     reconciler.apply(&deny_all)?;

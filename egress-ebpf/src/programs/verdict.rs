@@ -142,13 +142,7 @@ pub fn judge(d: &Dest, cfg: &Config, class: ClassId) -> Counter {
     if d.is_loopback() {
         return Counter::ALLOW_LOOPBACK;
     }
-    let entry = lookup(d, class).or_else(|| {
-        if class == ClassId::BASE {
-            None
-        } else {
-            lookup(d, ClassId::BASE)
-        }
-    });
+    let entry = entry_for(d, class);
     match entry {
         // SAFETY: the pointer comes from a successful lookup and is valid for this run.
         Some(entry) => entry_verdict(unsafe { &*entry }, d),
@@ -161,18 +155,24 @@ pub fn judge(d: &Dest, cfg: &Config, class: ClassId) -> Counter {
 /// sockets, whose packets carry no port an entry could name).
 #[inline(always)]
 pub fn allows_address(d: &Dest, cfg: &Config, class: ClassId) -> bool {
-    let entry = lookup(d, class).or_else(|| {
-        if class == ClassId::BASE {
-            None
-        } else {
-            lookup(d, ClassId::BASE)
-        }
-    });
+    let entry = entry_for(d, class);
     match entry {
         // SAFETY: as in `judge`.
         Some(entry) => unsafe { &*entry }.ports != PortSetId::NONE,
         None => cfg.default_action == DefaultAction::ALLOW,
     }
+}
+
+/// The entry that decides for `d`: the class's own, else the node-wide one.
+#[inline(always)]
+fn entry_for(d: &Dest, class: ClassId) -> Option<*const AllowEntry> {
+    lookup(d, class).or_else(|| {
+        if class == ClassId::BASE {
+            None
+        } else {
+            lookup(d, ClassId::BASE)
+        }
+    })
 }
 
 /// The entry for `d` among `class`'s: its exact address, else its longest prefix.
